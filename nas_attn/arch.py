@@ -1,0 +1,248 @@
+"""Architecture (Arch) -> timm model: the builder, and its timm entrypoint ``nas_attn_cnn``.
+
+An Arch is a plain JSON-serialisable dict that says everything needed to rebuild a model::
+
+    {"model": "resnet18",                       # a timm model name
+     "model_args": {"num_classes": 10, "in_chans": 1},
+     "stem": "default",                         # or "cifar" (see below)
+     "blocks": {"layer1.0": {"attention": "dsa",
+                             "attention_kwargs": {"threshold": 0.3},
+                             "aw_conv": {"mid": 8}},      # or None: plain conv
+                ...}}
+
+Blocks are named by their timm module path (``layer3.1`` in a ResNet, ``blocks.4.0`` in a
+MobileNetV2/EfficientNet). A listed block gets ``attention`` in its attention slot (timm's
+``block.se``: after the last BN of a ResNet block, after the depthwise conv of an inverted
+residual); ``"none"`` empties the slot, also removing attention the base model had
+(efficientnet_b0's SE). ``aw_conv`` replaces the block's spatial conv (ResNet ``conv2``, the
+depthwise ``conv_dw``) by an :class:`~nas_attn.modules.AWConv2d`. Blocks not listed keep
+what the base model has.
+
+``stem: cifar`` adapts the stem to small images: a ResNet's 7x7/2 conv + max-pool become one
+3x3/1 conv (the usual CIFAR ResNet stem); an EfficientNet/MobileNetV2 stem conv gets stride 1.
+Either keeps 4x more resolution in every stage, so spatial attention has something to see.
+
+``timm.create_model("nas_attn_cnn", arch=ARCH)`` builds the same model as
+:func:`build_model`; it is registered with timm on ``import nas_attn``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import timm
+import torch
+from torch import nn
+from timm.models import register_model
+from timm.models.efficientnet import EfficientNet
+from timm.models.resnet import ResNet
+
+from .modules import AWConv2d, create_attn
+
+ENTRYPOINT = "nas_attn_cnn"
+STEMS = ("default", "cifar")
+Arch = Dict[str, Any]
+
+# pretrained_cfg keys that locate the base model's published weights: they do not apply to a
+# model with different blocks, so the carried cfg drops them.
+_WEIGHT_LOCATION_KEYS = ("url", "hf_hub_id", "hf_hub_filename", "file", "state_dict", "tag",
+                         "license", "origin_url", "paper_ids", "paper_name", "notes")
+
+
+class ArchError(ValueError):
+    """An Arch that cannot be built: names the block or key and what was expected."""
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """Where attention and AW-conv go in one block of a timm model.
+
+    ``channels`` is the channel count of the tensor the attention slot sees.
+    """
+    block_name: str
+    block: nn.Module
+    channels: int
+    slot_attr: str = "se"
+    conv_attr: str = "conv2"
+
+    @property
+    def stage(self) -> str:
+        """The stage a block belongs to (``layer3`` for ``layer3.1``, ``blocks.4`` for ``blocks.4.0``)."""
+        return self.block_name.rsplit(".", 1)[0]
+
+
+def family(model: nn.Module) -> str:
+    """``"resnet"`` or ``"efficientnet"`` (which includes MobileNetV2); ArchError otherwise."""
+    if isinstance(model, ResNet):
+        return "resnet"
+    if isinstance(model, EfficientNet):
+        return "efficientnet"
+    raise ArchError(
+        f"model class {type(model).__name__} is not supported: nas_attn builds timm ResNet "
+        f"(resnet18/26/34/50...) and EfficientNet/MobileNetV2 (efficientnet_b0, mobilenetv2_*) models")
+
+
+def attention_sites(model: nn.Module) -> Dict[str, AttentionSite]:
+    """Every block of a supported timm model that has an attention slot, by module path, in order."""
+    sites: Dict[str, AttentionSite] = {}
+    if family(model) == "resnet":
+        for stage_index in range(1, 5):
+            for block_index, block in enumerate(getattr(model, f"layer{stage_index}")):
+                last_bn = block.bn3 if hasattr(block, "bn3") else block.bn2
+                name = f"layer{stage_index}.{block_index}"
+                sites[name] = AttentionSite(name, block, last_bn.num_features, "se", "conv2")
+    else:
+        for stage_index, stage in enumerate(model.blocks):
+            for block_index, block in enumerate(stage):
+                if not hasattr(block, "se") or not hasattr(block, "conv_dw"):
+                    continue  # e.g. a plain ConvBnAct block: no attention slot
+                name = f"blocks.{stage_index}.{block_index}"
+                sites[name] = AttentionSite(name, block, block.conv_dw.out_channels, "se", "conv_dw")
+    return sites
+
+
+def feature_map_sizes(model: nn.Module, input_size) -> Dict[str, tuple]:
+    """(C, H, W) of the tensor each block's attention slot sees, for one input of ``input_size``.
+
+    The slot sits after the block's last spatial conv, so its H, W are the block output's.
+    """
+    sites = attention_sites(model)
+    sizes: Dict[str, tuple] = {}
+    handles = [site.block.register_forward_hook(
+        lambda mod, args, out, name=name, ch=site.channels: sizes.__setitem__(name, (ch, *out.shape[-2:])))
+        for name, site in sites.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def _apply_stem(model: nn.Module, stem: str) -> None:
+    if stem == "default":
+        return
+    if isinstance(model, ResNet):
+        if not isinstance(model.conv1, nn.Conv2d):
+            raise ArchError("stem 'cifar' needs a ResNet with a single-conv stem (resnet18/34/50, not *d/*t)")
+        old = model.conv1
+        model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    else:
+        model.conv_stem.stride = (1, 1)
+
+
+def _check_arch(arch: Any) -> Arch:
+    if not isinstance(arch, dict):
+        raise ArchError(f"an Arch is a dict with keys model, model_args, stem, blocks; got {type(arch).__name__}")
+    unknown = set(arch) - {"model", "model_args", "stem", "blocks"}
+    if unknown:
+        raise ArchError(f"Arch has unknown keys {sorted(unknown)}; expected model, model_args, stem, blocks")
+    if not isinstance(arch.get("model"), str) or not timm.is_model(arch["model"]):
+        raise ArchError(f"Arch 'model' must name a timm model, got {arch.get('model')!r}")
+    if arch.get("stem", "default") not in STEMS:
+        raise ArchError(f"Arch 'stem' must be one of {STEMS}, got {arch.get('stem')!r}")
+    return arch
+
+
+def build_model(arch: Arch, **model_overrides) -> nn.Module:
+    """Build the timm model an Arch describes (random init).
+
+    ``model_overrides`` are timm ``create_model`` kwargs that win over ``arch["model_args"]``
+    (timm passes ``num_classes``/``in_chans`` back this way when loading an export).
+    """
+    arch = _check_arch(arch)
+    model_args = {**arch.get("model_args", {}), **model_overrides}
+    model = timm.create_model(arch["model"], pretrained=False, **model_args)
+    _apply_stem(model, arch.get("stem", "default"))
+    sites = attention_sites(model)
+    for block_name, choice in arch.get("blocks", {}).items():
+        site = sites.get(block_name)
+        if site is None:
+            raise ArchError(f"Arch block {block_name!r} is not a block of {arch['model']}; "
+                            f"its blocks are {', '.join(sites)}")
+        attention = choice.get("attention", "none")
+        attn = create_attn(attention, site.channels, **choice.get("attention_kwargs", {}))
+        if attn is None and isinstance(model, EfficientNet):
+            attn = nn.Identity()  # EfficientNet blocks call self.se unconditionally
+        setattr(site.block, site.slot_attr, attn)
+        aw_kwargs = choice.get("aw_conv")
+        if aw_kwargs is not None:
+            conv = getattr(site.block, site.conv_attr)
+            if type(conv) is not nn.Conv2d:
+                raise ArchError(f"block {block_name}: AW-conv replaces a plain nn.Conv2d, "
+                                f"but {site.conv_attr} is a {type(conv).__name__}")
+            setattr(site.block, site.conv_attr, AWConv2d.from_conv(conv, **aw_kwargs))
+    return model
+
+
+def carried_pretrained_cfg(base_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The base model's pretrained_cfg with its weight locations removed, renamed to ours.
+
+    Input size, normalisation and classifier names stay true for the built model; the base
+    model's published weights do not fit a model with other blocks.
+    """
+    cfg = {k: v for k, v in base_cfg.items() if k not in _WEIGHT_LOCATION_KEYS}
+    cfg["architecture"] = ENTRYPOINT
+    return cfg
+
+
+def arch_summary(arch: Arch) -> str:
+    """A short human summary: ``resnet18: dsa x2, se x1, aw_conv x1`` (or ``no attention``)."""
+    counts: Dict[str, int] = {}
+    for choice in arch.get("blocks", {}).values():
+        name = choice.get("attention", "none")
+        if name != "none":
+            counts[name] = counts.get(name, 0) + 1
+        if choice.get("aw_conv") is not None:
+            counts["aw_conv"] = counts.get("aw_conv", 0) + 1
+    body = ", ".join(f"{name} x{n}" for name, n in counts.items()) or "no attention"
+    return f"{body}"
+
+
+def arch_to_json(arch: Arch) -> str:
+    """Canonical JSON of an Arch (sorted keys), for files and comparisons."""
+    return json.dumps(arch, sort_keys=True)
+
+
+@register_model
+def nas_attn_cnn(pretrained: bool = False, arch: Optional[Arch] = None,
+                 pretrained_cfg: Optional[Dict[str, Any]] = None, **kwargs) -> nn.Module:
+    """timm entrypoint: ``timm.create_model("nas_attn_cnn", arch=ARCH)``.
+
+    With ``pretrained=True`` the weights come from ``pretrained_cfg`` (timm fills it in when
+    loading ``local-dir:DIR`` written by ``nas-attn export``); nas_attn has no hub weights.
+    """
+    if arch is None:
+        raise ArchError("nas_attn_cnn needs arch=ARCH (an Arch dict, see nas_attn.arch)")
+    for key in ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
+        kwargs.pop(key, None)
+    arch = copy.deepcopy(arch)
+    model = build_model(arch, **kwargs)
+    base_cfg = dict(model.pretrained_cfg)
+    cfg = carried_pretrained_cfg(base_cfg)
+    if pretrained:
+        if not pretrained_cfg:
+            raise ArchError("nas_attn_cnn has no published weights: load an exported folder with "
+                            "timm.create_model('local-dir:DIR', pretrained=True)")
+        given = pretrained_cfg.to_dict() if hasattr(pretrained_cfg, "to_dict") else dict(pretrained_cfg)
+        from timm.models import load_pretrained
+        load_pretrained(model, pretrained_cfg=given, num_classes=model.num_classes,
+                        in_chans=given.get("input_size", (model_in_chans(model),))[0])
+        cfg.update({k: v for k, v in given.items() if k not in ("file", "source")})
+        cfg["architecture"] = ENTRYPOINT
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg
+    return model
+
+
+def model_in_chans(model: nn.Module) -> int:
+    """Input channels of a supported model's first conv."""
+    first = model.conv1 if isinstance(model, ResNet) else model.conv_stem
+    return first.in_channels

@@ -1,0 +1,170 @@
+"""``nas-attn``: the command line. Each subcommand is a thin layer over a library call.
+
+Errors a user can fix (bad YAML, bad flags, missing data) print one message and exit 2,
+without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+REFERENCE_FEATURE_MAP = (256, 14, 14)
+
+
+def _parse_input(text: str):
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--input must look like 3x224x224 (C x H x W), got {text!r}")
+    return parts
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+
+def cmd_search(args) -> int:
+    from .search import run
+    run(args.space, trials=args.trials, concurrent=args.concurrent, epochs=args.epochs, sampler=args.sampler,
+        seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        address=args.address, out=args.out, resume=args.resume, data_root=args.data_root,
+        early_stopping=args.early_stopping, verbose=args.verbose)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .describe import describe_space
+    from .space import load
+    space = load(args.space)
+    print(describe_space(space, detail=False))
+    return 0
+
+
+def cmd_space_show(args) -> int:
+    from .describe import describe_space
+    from .space import load
+    print(describe_space(load(args.space), detail=True))
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from .describe import model_cost_report
+    report = model_cost_report(args.model, args.attn, args.input, latency=args.latency,
+                               latency_batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        from .describe import format_cost_report
+        print(format_cost_report(report))
+    return 0
+
+
+def cmd_modules(args) -> int:
+    from .describe import format_module_table, module_table
+    rows = module_table(REFERENCE_FEATURE_MAP)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_module_table(rows, REFERENCE_FEATURE_MAP))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas-attn",
+        description="Multi-objective search over attention modules in timm CNNs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("search", help="run a search (default: digits_resnet on this machine)")
+    p.add_argument("--space", default="digits_resnet", help="shipped space name or YAML path")
+    p.add_argument("--trials", type=_positive_int, help="trial budget (overrides search.trials)")
+    p.add_argument("--concurrent", type=_positive_int, help="trials at once (search.concurrent)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs per trial (train.epochs)")
+    p.add_argument("--sampler", choices=("tpe", "nsga2", "random"), help="Optuna sampler (search.sampler)")
+    p.add_argument("--seed", type=int, help="seed of sampler, split and training (search.seed)")
+    p.add_argument("--cpus-per-trial", type=_non_negative_float, help="CPUs Ray gives each trial")
+    p.add_argument("--gpus-per-trial", type=_non_negative_float, help="GPUs per trial, fractions allowed")
+    p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally)")
+    p.add_argument("--out", help="results folder (default runs/<space>-<timestamp>)")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted search in DIR")
+    p.add_argument("--data-root", help="dataset folder (overrides data.root)")
+    p.add_argument("--early-stopping", dest="early_stopping", action="store_true", default=None,
+                   help="stop hopeless trials early (multi-objective ASHA)")
+    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and the workers' logs")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("validate", help="check a search space and print its summary")
+    p.add_argument("space", help="shipped space name or YAML path")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("space", help="inspect a search space")
+    space_sub = p.add_subparsers(dest="space_command", required=True, metavar="SUBCOMMAND")
+    q = space_sub.add_parser("show", help="the model's blocks and the choices each may take")
+    q.add_argument("space", help="shipped space name or YAML path")
+    q.set_defaults(func=cmd_space_show)
+
+    p = sub.add_parser("cost", help="params, MACs and element-wise ops of a timm model")
+    p.add_argument("--model", required=True, help="timm model name, e.g. resnet18")
+    p.add_argument("--attn", help="put this attention module in every block and show its overhead")
+    p.add_argument("--input", type=_parse_input, default=(3, 224, 224), help="C x H x W, default 3x224x224")
+    p.add_argument("--latency", action="store_true", help="also measure forward latency (ms) on this CPU")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="batch size for --latency")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("modules", help="every attention module with its cost on a 256x14x14 map")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_modules)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .arch import ArchError
+    from .space import SpaceError
+    user_errors = (SpaceError, ArchError)
+    try:
+        from .search import SearchError
+        from .data import DataError
+        user_errors += (SearchError, DataError)
+    except ImportError:
+        pass
+    try:
+        return args.func(args)
+    except user_errors as exc:
+        print(f"nas-attn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

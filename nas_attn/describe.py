@@ -1,0 +1,284 @@
+"""Human-readable summaries: a search space, a model's cost, the module library.
+
+Everything here reads the earlier stages (space, arch, cost) and prints; nothing feeds back.
+All MACs are multiply-accumulates per image; "element-wise ops" follow nas_attn.cost's counting.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .arch import attention_sites, build_model
+from .cost import measure
+from .modules import AWConv2d, available, create_attn
+from .units import format_count
+
+MAX_KWARG_COMBINATIONS = 16
+
+
+def _module_cost(module: nn.Module, shape: Tuple[int, int, int]):
+    return measure(nn.Sequential(module), tuple(shape))
+
+
+def _site_inputs(model: nn.Module, input_size) -> Dict[str, Dict[str, tuple]]:
+    """Per block: the (C, H, W) its attention slot sees and the input of its spatial conv."""
+    sites = attention_sites(model)
+    shapes: Dict[str, Dict[str, tuple]] = {name: {} for name in sites}
+    handles = []
+    for name, site in sites.items():
+        handles.append(site.block.register_forward_hook(
+            lambda m, a, out, name=name, ch=site.channels: shapes[name].__setitem__("slot", (ch, *out.shape[-2:]))))
+        conv = getattr(site.block, site.conv_attr)
+        handles.append(conv.register_forward_pre_hook(
+            lambda m, a, name=name: shapes[name].__setitem__("conv", tuple(a[0].shape[1:]))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _kwarg_combinations(params) -> List[Dict[str, Any]]:
+    names = list(params)
+    combos = [dict(zip(names, values)) for values in itertools.product(*(params[n].extremes() for n in names))]
+    return combos[:MAX_KWARG_COMBINATIONS] or [{}]
+
+
+def mac_range(space) -> Tuple[float, float, float]:
+    """(base MACs, cheapest, dearest) over the space, per image.
+
+    Attention and AW-conv costs are additive over blocks, so each decision's cheapest and
+    dearest option is found on its own: every module at the ends of its hyperparameter ranges
+    (at most 16 combinations) is measured on the feature map its block gives it.
+    """
+    base_arch = {"model": space.model["name"], "model_args": space.model["args"],
+                 "stem": space.model["stem"], "blocks": {}}
+    model = build_model(base_arch)
+    base = measure(model, space.input_size).macs
+    sites = attention_sites(model)
+    shapes = _site_inputs(model, space.input_size)
+    cache: Dict[tuple, float] = {}
+
+    def attn_delta(name, kwargs, shape):
+        key = ("attn", name, tuple(sorted(kwargs.items())), shape)
+        if key not in cache:
+            module = create_attn(name, shape[0], **kwargs)
+            cache[key] = 0.0 if module is None else _module_cost(module, shape).macs
+        return cache[key]
+
+    def aw_delta(block, kwargs):
+        conv = getattr(sites[block].block, sites[block].conv_attr)
+        shape = shapes[block]["conv"]
+        key = ("aw", block, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = _module_cost(AWConv2d.from_conv(conv, **kwargs), shape).macs - _module_cost(conv, shape).macs
+        return cache[key]
+
+    low = high = base
+    for decision in space.decisions:
+        rule = decision.rule
+        attn_options = []
+        for name, params in rule.attention.items():
+            for kwargs in _kwarg_combinations(params):
+                attn_options.append(sum(attn_delta(name, kwargs, shapes[b]["slot"]) for b in decision.blocks))
+        aw_options = []
+        for use in rule.aw_conv:
+            if not use:
+                aw_options.append(0.0)
+            else:
+                for kwargs in _kwarg_combinations(rule.aw_conv_params):
+                    aw_options.append(sum(aw_delta(b, kwargs) for b in decision.blocks))
+        low += min(attn_options) + min(aw_options)
+        high += max(attn_options) + max(aw_options)
+    return base, low, high
+
+
+def _choices_text(rule) -> str:
+    parts = []
+    for name, params in rule.attention.items():
+        if params:
+            hp = ", ".join(f"{k}={_param_text(p)}" for k, p in params.items())
+            parts.append(f"{name}({hp})")
+        else:
+            parts.append(name)
+    aw = {(False,): "", (True,): " + aw_conv always", (False, True): " | aw_conv: no/yes",
+          (True, False): " | aw_conv: yes/no"}[rule.aw_conv]
+    if rule.aw_conv_params and True in rule.aw_conv:
+        aw += "(" + ", ".join(f"{k}={_param_text(p)}" for k, p in rule.aw_conv_params.items()) + ")"
+    return ", ".join(parts) + aw
+
+
+def _param_text(p) -> str:
+    if p.kind in ("float", "int"):
+        return f"[{p.low}, {p.high}]" + (" log" if p.log else "")
+    if p.kind == "choice":
+        return "{" + ", ".join(map(str, p.choices)) + "}"
+    return str(p.value)
+
+
+def describe_space(space, detail: bool = False) -> str:
+    """The summary ``nas-attn validate`` prints (``detail``: every block, ``space show``)."""
+    model = build_model({"model": space.model["name"], "model_args": space.model["args"],
+                         "stem": space.model["stem"], "blocks": {}})
+    shapes = _site_inputs(model, space.input_size)
+    c, h, w = space.input_size
+    lines = [f"{space.name}: OK ({space.path or 'in memory'})",
+             f"  model      {space.model['name']} {space.model['args']}, stem {space.model['stem']}, "
+             f"input {c}x{h}x{w}",
+             f"  data       {space.data['dataset']}" + (f" from {space.data['root']}" if space.data['root'] else "")
+             + f", validation fraction {space.data['val_fraction']}",
+             f"  train      {space.train['epochs']} epochs, batch {space.train['batch_size']}, "
+             f"{space.train['optimizer']} lr {space.train['lr']}",
+             "  objectives " + ", ".join(f"{o['metric']} ({o['direction']}"
+                                         + (f", ref {o['ref']:g}" if 'ref' in o else "") + ")"
+                                         for o in space.objectives)]
+    if space.constraints:
+        lines.append("  constraints " + ", ".join(f"{k} {v:g}" for k, v in space.constraints.items()))
+    searched = {b: d for d in space.decisions for b in d.blocks}
+    lines.append(f"  blocks     {len(searched)} of {len(shapes)} searched, in {len(space.decisions)} decisions")
+    if detail:
+        for block, shape in shapes.items():
+            slot = "x".join(map(str, shape["slot"]))
+            decision = searched.get(block)
+            if decision is None:
+                lines.append(f"    {block:<12} {slot:<12} (not searched: keeps the base model's)")
+            else:
+                tie = f" [tied: {decision.unit}]" if len(decision.blocks) > 1 else ""
+                lines.append(f"    {block:<12} {slot:<12} {_choices_text(decision.rule)}{tie}")
+    else:
+        for decision in space.decisions:
+            blocks = ", ".join(decision.blocks)
+            lines.append(f"    {blocks}: {_choices_text(decision.rule)}")
+    count = space.count_architectures()
+    count_text = f"{count:,.0f}" if math.isfinite(count) else "infinite (continuous hyperparameters)"
+    lines.append(f"  architectures {count_text}; {space.structure_count():,} module structures")
+    base, low, high = mac_range(space)
+    lines.append(f"  MACs per image  base {format_count(base, 'MACs')}, cheapest {format_count(low, 'MACs')}, "
+                 f"dearest {format_count(high, 'MACs')}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# nas-attn cost / modules
+
+def model_cost_report(model_name: str, attn: Optional[str], input_size, latency: bool = False,
+                      latency_batch_size: int = 1) -> Dict[str, Any]:
+    """``nas-attn cost``: params, MACs, element-wise ops of a model, with ``attn`` in every block.
+
+    With ``attn`` the top-level figures are for the model with attention, ``baseline`` holds the
+    same keys for the plain model and ``blocks`` the per-block overhead.
+    """
+    from .latency import measure_latency
+    import timm
+    if not timm.is_model(model_name):
+        from .space import SpaceError
+        raise SpaceError(f"unknown timm model {model_name!r}", file="--model")
+    args = {"in_chans": input_size[0]}
+    plain = build_model({"model": model_name, "model_args": args, "blocks": {}})
+    plain_cost = measure(plain, tuple(input_size))
+    report: Dict[str, Any] = {"model": model_name, "input": list(input_size), **_cost_keys(plain_cost)}
+    if latency:
+        report["latency_ms"] = measure_latency(plain, input_size, batch_size=latency_batch_size)
+        report["latency_batch_size"] = latency_batch_size
+    if attn is None or attn == "none":
+        return report
+    sites = attention_sites(plain)
+    arch = {"model": model_name, "model_args": args,
+            "blocks": {b: {"attention": attn, "attention_kwargs": {}, "aw_conv": None} for b in sites}}
+    model = build_model(arch)
+    cost = measure(model, tuple(input_size))
+    baseline = {k: report[k] for k in ("params", "macs", "elementwise_ops", "latency_ms") if k in report}
+    report.update({"attention": attn, **_cost_keys(cost), "baseline": baseline})
+    if latency:
+        report["latency_ms"] = measure_latency(model, input_size, batch_size=latency_batch_size)
+    shapes = _site_inputs(plain, input_size)
+    blocks = {}
+    for block, shape in shapes.items():
+        module = create_attn(attn, shape["slot"][0])
+        c = _module_cost(module, shape["slot"])
+        blocks[block] = {"feature_map": list(shape["slot"]), **_cost_keys(c)}
+    report["blocks"] = blocks
+    return report
+
+
+def _cost_keys(cost) -> Dict[str, Any]:
+    return {"params": int(cost.params), "macs": int(cost.macs), "elementwise_ops": int(cost.elementwise_ops)}
+
+
+def format_cost_report(report: Dict[str, Any]) -> str:
+    c, h, w = report["input"]
+    lines = [f"{report['model']} at {c}x{h}x{w}"
+             + (f" with {report['attention']} in every block" if "attention" in report else "")]
+
+    def row(label, d):
+        text = (f"  {label:<16} params {format_count(d['params']):>10}   MACs {format_count(d['macs'], 'MACs'):>14}"
+                f"   element-wise {format_count(d['elementwise_ops'], 'ops'):>12}")
+        if "latency_ms" in d:
+            text += f"   latency {d['latency_ms']:.2f} ms (batch {report.get('latency_batch_size', 1)})"
+        return text
+
+    if "baseline" in report:
+        lines.append(row("without attention", report["baseline"]))
+        lines.append(row(f"with {report['attention']}", report))
+        b = report["baseline"]
+        lines.append(f"  overhead         params +{report['params'] - b['params']:,}   MACs "
+                     f"+{report['macs'] - b['macs']:,} ({100 * (report['macs'] - b['macs']) / b['macs']:.2f}%)   "
+                     f"element-wise +{report['elementwise_ops'] - b['elementwise_ops']:,} ops")
+        lines.append(f"  per block ({report['attention']} module alone on the block's feature map):")
+        lines.append(f"    {'block':<12} {'C x H x W':<14} {'params':>10} {'MACs':>14} {'element-wise':>16}")
+        for block, d in report["blocks"].items():
+            lines.append(f"    {block:<12} {'x'.join(map(str, d['feature_map'])):<14} {d['params']:>10,} "
+                         f"{d['macs']:>14,} {d['elementwise_ops']:>16,}")
+    else:
+        lines.append(row("", report))
+    lines.append("  (MACs: multiply-accumulates of conv/linear/matmul per image; element-wise: "
+                 "activations, normalisation, pooling, reductions, per image)")
+    return "\n".join(lines)
+
+
+def module_table(feature_map=(256, 14, 14)) -> List[Dict[str, Any]]:
+    """Every registered module's params and cost on a (C, H, W) feature map, one image.
+
+    ``aw_conv`` is measured as the extra over the 3x3 C->C conv it replaces.
+    """
+    rows = []
+    for name in available():
+        if name == "none":
+            continue
+        if name == "aw_conv":
+            conv = nn.Conv2d(feature_map[0], feature_map[0], 3, padding=1, bias=False)
+            plain, aw = _module_cost(conv, feature_map), _module_cost(AWConv2d.from_conv(conv), feature_map)
+            rows.append({"name": name, "params": int(aw.params - plain.params), "macs": int(aw.macs - plain.macs),
+                         "elementwise_ops": int(aw.elementwise_ops - plain.elementwise_ops),
+                         "note": "extra over the 3x3 conv it replaces"})
+            continue
+        try:
+            cost = _module_cost(create_attn(name, feature_map[0]), feature_map)
+        except Exception as exc:  # a timm module that cannot run at this size: say so, do not hide it
+            rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows.append({"name": name, "params": int(cost.params), "macs": int(cost.macs),
+                     "elementwise_ops": int(cost.elementwise_ops)})
+    return rows
+
+
+def format_module_table(rows, feature_map) -> str:
+    c, h, w = feature_map
+    lines = [f"Attention modules on a {c}x{h}x{w} feature map (one image)",
+             f"  {'module':<10} {'params':>10} {'MACs':>14} {'element-wise ops':>18}  note"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"  {r['name']:<10} {'-':>10} {'-':>14} {'-':>18}  {r['error']}")
+        else:
+            lines.append(f"  {r['name']:<10} {r['params']:>10,} {r['macs']:>14,} {r['elementwise_ops']:>18,}"
+                         f"  {r.get('note', '')}")
+    return "\n".join(lines)
