@@ -92,6 +92,17 @@ def cmd_modules(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+    written = export(args.run_dir, args.out, pareto=args.pareto, trial=args.trial, best=args.best,
+                     max_macs=args.max_macs, weights=not args.no_weights, force=args.force)
+    for folder in written:
+        print(f"wrote {folder}")
+    print(f"load with: import nas_attn, timm; timm.create_model('local-dir:{written[0]}', pretrained=True)"
+          if written else "nothing written")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="every attention module with its cost on a 256x14x14 map")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_modules)
+
+    p = sub.add_parser("export", help="write chosen trials as timm model folders (config.json + weights)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of nas-attn search")
+    p.add_argument("--out", required=True, help="folder to write one sub-folder per trial into")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--pareto", action="store_true", help="every trial of the Pareto set")
+    choice.add_argument("--trial", type=int, metavar="N", help="trial number N")
+    choice.add_argument("--best", metavar="METRIC", help="the best finished trial by METRIC (e.g. accuracy)")
+    choice.add_argument("--max-macs", type=float, metavar="X",
+                        help="the most accurate finished trial with at most X MACs per image")
+    p.add_argument("--no-weights", action="store_true", help="configs only, no trained weights")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.set_defaults(func=cmd_export)
+
+    from .plot import add_plot_parser
+    from .report import add_report_parser
+    add_plot_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -151,9 +180,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .space import SpaceError
     user_errors = (SpaceError, ArchError)
     try:
-        from .search import SearchError
         from .data import DataError
-        user_errors += (SearchError, DataError)
+        from .export import ExportError
+        from .plot import PlotError
+        from .search import SearchError
+        user_errors += (SearchError, DataError, ExportError, PlotError)
     except ImportError:
         pass
     try:

@@ -76,6 +76,7 @@ __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "DIGITS_MEAN",
+    "normalization",
     "DIGITS_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -95,6 +96,15 @@ DIGITS_MEAN = (0.3053,)
 DIGITS_STD = (0.3760,)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalization(dataset: str):
+    """(mean, std) per channel that ``load(dataset)`` normalises inputs with."""
+    table = {"digits": (DIGITS_MEAN, DIGITS_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+             "cifar100": (CIFAR100_MEAN, CIFAR100_STD), "imagefolder": (IMAGENET_MEAN, IMAGENET_STD)}
+    if dataset not in table:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(table)}")
+    return table[dataset]
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _CIFAR_PAD = 4  # pixels of zero padding for the random crop, at 32x32

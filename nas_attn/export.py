@@ -1,0 +1,171 @@
+"""Export searched architectures as timm model folders, and load them back.
+
+Each exported folder is written by timm's own ``save_for_hf``: ``config.json`` names the
+architecture ``nas_attn_cnn`` and holds the Arch in ``model_args``; ``model.safetensors`` holds
+the trial's trained weights. After ``import nas_attn`` (which registers ``nas_attn_cnn`` with
+timm), plain ``timm.create_model("local-dir:DIR", pretrained=True)`` rebuilds it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+from .arch import arch_summary, build_model, carried_pretrained_cfg
+from .search import PARETO_FILE, SPACE_FILE, pareto_records, read_trials
+from .space import load as load_space
+from .trial import WEIGHTS_FILE
+from .units import format_count
+
+
+class ExportError(ValueError):
+    """Nothing sensible to export (no choice, unknown trial, no finished trials, folder in the way)."""
+
+
+def load(folder: Union[str, os.PathLike], **kwargs) -> torch.nn.Module:
+    """The exported model in ``folder`` with its trained weights (``timm.create_model('local-dir:...')``)."""
+    import timm
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ExportError(f"{folder} holds no config.json: not an exported model folder")
+    return timm.create_model(f"local-dir:{folder}", pretrained=(folder / WEIGHTS_FILE).is_file(), **kwargs)
+
+
+def select(run_dir: Union[str, os.PathLike], *, pareto: bool = False, trial: Optional[int] = None,
+           best: Optional[str] = None, max_macs: Optional[float] = None) -> List[Dict[str, Any]]:
+    """The trial records an export would write, chosen by exactly one criterion.
+
+    ``best`` names a metric (``accuracy``) and picks the best finished trial by the space's
+    direction for it; ``max_macs`` picks the most accurate finished trial with at most that many
+    MACs per image.
+    """
+    run_dir = Path(run_dir)
+    chosen = [c for c in (pareto, trial is not None, best is not None, max_macs is not None) if c]
+    if len(chosen) != 1:
+        raise ExportError("choose exactly one of --pareto, --trial N, --best METRIC, --max-macs X")
+    if not (run_dir / SPACE_FILE).is_file():
+        raise ExportError(f"{run_dir} is not a nas-attn results folder (no {SPACE_FILE})")
+    records = read_trials(run_dir)
+    finished = [r for r in records if r["status"] == "ok"]
+    if not finished:
+        raise ExportError(f"{run_dir} has no finished trials to export "
+                          f"({len(records)} trials recorded, none with status ok)")
+    space = load_space(run_dir / SPACE_FILE)
+    if pareto:
+        return pareto_records(records, space.objectives)
+    if trial is not None:
+        match = [r for r in records if r["number"] == trial]
+        if not match:
+            raise ExportError(f"trial {trial} does not exist in {run_dir}; trials: "
+                              f"{', '.join(str(r['number']) for r in records)}")
+        if match[0]["status"] != "ok":
+            raise ExportError(f"trial {trial} did not finish (status {match[0]['status']}): nothing to export")
+        return match
+    if best is not None:
+        from .space import METRICS
+        if best not in METRICS:
+            raise ExportError(f"--best must be one of {', '.join(METRICS)}, got {best!r}")
+        directions = {o["metric"]: o["direction"] for o in space.objectives}
+        sign = 1 if directions.get(best, METRICS[best][0]) == "maximize" else -1
+        scored = [r for r in finished if r["metrics"].get(best) is not None]
+        return [max(scored, key=lambda r: (sign * r["metrics"][best], -r["number"]))]
+    under = [r for r in finished if r["metrics"]["macs"] <= max_macs]
+    if not under:
+        cheapest = min(r["metrics"]["macs"] for r in finished)
+        raise ExportError(f"no finished trial has at most {format_count(max_macs, 'MACs')}; "
+                          f"the cheapest has {format_count(cheapest, 'MACs')}")
+    return [max(under, key=lambda r: (r["metrics"]["accuracy"], -r["number"]))]
+
+
+def data_config(space) -> Dict[str, Any]:
+    """Input size and normalisation the exported model expects: those the search trained with."""
+    from . import data
+    mean, std = data.normalization(space.data["dataset"])
+    return {"input_size": tuple(space.input_size), "mean": tuple(mean), "std": tuple(std)}
+
+
+def model_card(record: Dict[str, Any], run_dir: Path, space_name: str) -> str:
+    m = record["metrics"]
+    arch = record["arch"]
+    rows = "\n".join(f"| {block} | {c['attention']} {json.dumps(c.get('attention_kwargs') or {})} | "
+                     f"{'yes ' + json.dumps(c['aw_conv']) if c.get('aw_conv') is not None else 'no'} |"
+                     for block, c in arch["blocks"].items())
+    return f"""# nas_attn trial {record['number']}: {arch['model']} with {arch_summary(arch)}
+
+Found by `nas-attn search` (space `{space_name}`, results folder `{run_dir}`).
+
+Load it:
+```python
+import nas_attn, timm
+model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True)
+```
+
+| figure | value |
+|---|---|
+| validation accuracy (top-1, fraction) | {m.get('accuracy', float('nan')):.4f} |
+| MACs per image | {format_count(m.get('macs'), 'MACs')} ({m.get('macs')}) |
+| effective MACs per image (DSA-pruned pixels skipped) | {format_count(m.get('effective_macs'), 'MACs')} |
+| parameters | {m.get('params')} |
+| element-wise ops per image | {format_count(m.get('elementwise_ops'), 'ops')} |
+| latency (ms, median forward, search machine) | {m.get('latency_ms', float('nan')):.3f} |
+| epochs trained | {m.get('epoch')} |
+
+Base model `{arch['model']}` with args `{json.dumps(arch.get('model_args', {}))}`, stem `{arch.get('stem', 'default')}`.
+
+| block | attention (kwargs) | AW-conv |
+|---|---|---|
+{rows}
+"""
+
+
+def export(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike], *, pareto: bool = False,
+           trial: Optional[int] = None, best: Optional[str] = None, max_macs: Optional[float] = None,
+           weights: bool = True, force: bool = False) -> List[Path]:
+    """Write one timm folder per chosen trial into ``out``; returns the folders.
+
+    Everything is checked and written into a temporary folder first, then moved into place,
+    so an error leaves ``out`` as it was.
+    """
+    from timm.models import save_for_hf
+    run_dir = Path(run_dir).resolve()
+    out = Path(out)
+    records = select(run_dir, pareto=pareto, trial=trial, best=best, max_macs=max_macs)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"{out} exists and is not empty; pass --force to replace what is in it")
+    space = load_space(run_dir / SPACE_FILE)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
+    try:
+        written = []
+        for record in records:
+            name = f"trial-{record['number']:04d}"
+            folder = staging / name
+            model = build_model(record["arch"])
+            if weights:
+                checkpoint = record.get("checkpoint")
+                if not checkpoint or not (run_dir / checkpoint / WEIGHTS_FILE).is_file():
+                    raise ExportError(f"trial {record['number']} has no saved weights in {run_dir} "
+                                      f"(checkpoint {checkpoint!r}); use --no-weights to export its config only")
+                from safetensors.torch import load_file
+                model.load_state_dict(load_file(str(run_dir / checkpoint / WEIGHTS_FILE)))
+            model.pretrained_cfg = carried_pretrained_cfg(model.pretrained_cfg)
+            model._model_args = {"arch": record["arch"]}
+            save_for_hf(model, str(folder), model_args={"arch": record["arch"]}, safe_serialization=True,
+                        data_config=data_config(space))
+            if not weights:
+                (folder / WEIGHTS_FILE).unlink()
+            (folder / "README.md").write_text(model_card(record, run_dir, space.name))
+            written.append(name)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in written:
+            target = out / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+        return [out / name for name in written]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

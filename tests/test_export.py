@@ -1,0 +1,127 @@
+"""Export: searched trials -> timm folders that plain timm loads with the trained weights."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nas_attn import search
+from nas_attn.export import ExportError, export, select
+
+SPACE = textwrap.dedent("""\
+    name: export_digits
+    model: {name: resnet18, args: {num_classes: 10, in_chans: 1}}
+    data: {dataset: digits, image_size: 16, val_fraction: 0.2}
+    train: {epochs: 1, batch_size: 64, lr: 0.05}
+    objectives:
+      - {metric: accuracy, direction: maximize, ref: 0.0}
+      - {metric: effective_macs, direction: minimize, ref: 2.0e7}
+    blocks:
+      "layer1.*":
+        attention:
+          choices: [none, dsa, sca]
+        aw_conv: {choices: [false, true]}
+    search: {trials: 3, concurrent: 2, sampler: random, seed: 2}
+    """)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    root = tmp_path_factory.mktemp("export")
+    path = root / "space.yaml"
+    path.write_text(SPACE)
+    result = search.run(str(path), out=str(root / "run"), num_cpus=2)
+    assert all(r["status"] == "ok" for r in result.trials)
+    return result.run_dir
+
+
+LOAD_AND_EVALUATE = textwrap.dedent("""\
+    import json, sys, torch
+    torch.set_num_threads(1)
+    import timm, nas_attn
+    from nas_attn import data, train
+    folder, dataset, size, fraction, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+    model = timm.create_model("local-dir:" + folder, pretrained=True)
+    again = nas_attn.load(folder)
+    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    bundle = data.load(dataset, image_size=size, val_fraction=fraction, seed=seed)
+    accuracy, _ = train.evaluate(model, bundle)
+    print(json.dumps({"accuracy": accuracy, "same": same, "cls": type(model).__name__}))
+    """)
+
+
+def test_exported_pareto_folders_load_in_plain_timm_with_the_trial_accuracy(run_dir, tmp_path):
+    out = tmp_path / "models"
+    folders = export(run_dir, out, pareto=True)
+    pareto = json.loads((run_dir / search.PARETO_FILE).read_text())
+    assert [f.name for f in folders] == [f"trial-{r['number']:04d}" for r in pareto]
+    for folder, record in zip(folders, pareto):
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architecture"] == "nas_attn_cnn"
+        assert config["model_args"]["arch"] == record["arch"]
+        assert config["pretrained_cfg"]["input_size"] == [1, 16, 16]
+        card = (folder / "README.md").read_text()
+        assert f"{record['metrics']['accuracy']:.4f}" in card and "MACs" in card
+        result = subprocess.run([sys.executable, "-c", LOAD_AND_EVALUATE, str(folder), "digits", "16", "0.2", "2"],
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        loaded = json.loads(result.stdout.strip().splitlines()[-1])
+        assert loaded["same"] and loaded["cls"] == "ResNet"
+        assert loaded["accuracy"] == pytest.approx(record["metrics"]["accuracy"], abs=1e-9)
+
+
+def test_cli_export_best_and_config_only(run_dir, tmp_path):
+    records = search.read_trials(run_dir)
+    best = max(records, key=lambda r: (r["metrics"]["accuracy"], -r["number"]))
+    result = subprocess.run([sys.executable, "-m", "nas_attn.cli", "export", str(run_dir), "--out",
+                             str(tmp_path / "m"), "--best", "accuracy", "--no-weights"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "m" / f"trial-{best['number']:04d}"
+    assert (folder / "config.json").is_file() and not (folder / "model.safetensors").exists()
+    import timm
+    import nas_attn  # noqa: F401
+    model = timm.create_model(f"local-dir:{folder}", pretrained=False)
+    assert sum(p.numel() for p in model.parameters()) == best["metrics"]["params"]
+
+
+def test_select_by_trial_and_by_mac_budget(run_dir):
+    records = search.read_trials(run_dir)
+    assert select(run_dir, trial=1) == [r for r in records if r["number"] == 1]
+    cheapest = min(records, key=lambda r: r["metrics"]["macs"])
+    assert select(run_dir, max_macs=cheapest["metrics"]["macs"])[0]["metrics"]["macs"] == cheapest["metrics"]["macs"]
+    with pytest.raises(ExportError, match="the cheapest has"):
+        select(run_dir, max_macs=1)
+
+
+def test_export_errors_write_nothing(run_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="choose exactly one"):
+        export(run_dir, out)
+    with pytest.raises(ExportError, match="trial 42 does not exist"):
+        export(run_dir, out, trial=42)
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="--force"):
+        export(run_dir, out, trial=0)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    export(run_dir, out, trial=0, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "trial-0000"]
+
+
+def test_run_without_finished_trials_is_refused(run_dir, tmp_path):
+    empty = tmp_path / "failed_run"
+    empty.mkdir()
+    (empty / search.SPACE_FILE).write_text((run_dir / search.SPACE_FILE).read_text())
+    (empty / search.TRIALS_FILE).write_text(json.dumps({"number": 0, "status": "failed", "arch": None,
+                                                        "metrics": {}, "error": "boom"}) + "\n")
+    with pytest.raises(ExportError, match="no finished trials"):
+        export(empty, tmp_path / "o", pareto=True)
+    with pytest.raises(ExportError, match="not a nas-attn results folder"):
+        export(tmp_path, tmp_path / "o", pareto=True)
+    assert not (tmp_path / "o").exists()
