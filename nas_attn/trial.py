@@ -107,6 +107,11 @@ def run_trial(arch: Arch, settings: Dict[str, Any], report: Callable[..., None],
                    "train_time_s": metrics["train_time_s"]}
             if probe is not None:  # DSA's kept fraction changes as the model trains
                 row["effective_macs"] = measure(model, input_size, data=probe.to(device)).effective_macs
+            if epoch == epochs:
+                # The objective is the trained model's latency; the pre-training figure stands in
+                # for earlier epochs so every report has one (schedulers rank on it).
+                row["latency_ms"] = measure_latency(model, input_size, batch_size=settings["latency_batch_size"],
+                                                    device=device)
             last = row
             if epoch == epochs:
                 with tempfile.TemporaryDirectory() as folder:

@@ -245,3 +245,21 @@ def test_flags_override_the_space_and_resources_follow(tiny_space_file):
     assert search.trial_resources(space) == {"cpu": 2, "gpu": 0.5}
     assert space.search["early_stopping"] == {"enabled": True, "grace_epochs": 1, "reduction_factor": 3}
     assert search.trial_resources(search.load(str(tiny_space_file))) == {"cpu": 1, "gpu": 0}
+
+
+def test_early_stopping_prunes_hopeless_trials_and_keeps_them_off_the_front(tmp_path):
+    # Sequential trials (concurrent 1) make the rung decisions deterministic for a seed.
+    space = loads(UNCONSTRAINED.replace("epochs: 1", "epochs: 3").replace("trials: 5", "trials: 6")
+                  .replace("concurrent: 2", "concurrent: 1")
+                  .replace("seed: 1,", "seed: 1, early_stopping: {grace_epochs: 1, reduction_factor: 2},"))
+    out = tmp_path / "run"
+    result = search.run(space, out=str(out), num_cpus=2)
+    records, pareto, study = check_files_agree(out, 6)
+    stopped = [r for r in records if r["status"] == "stopped"]
+    assert stopped, "with reduction factor 2 some of 6 trials rank in the bottom half of a rung"
+    by_number = {t.number: t for t in study.trials}
+    for r in stopped:
+        assert r["metrics"]["epoch"] < 3
+        assert by_number[r["number"]].state.name == "PRUNED"
+    assert all(r["metrics"]["epoch"] == 3 for r in pareto)
+    assert sum(r["metrics"]["epoch"] for r in records) < 6 * 3

@@ -1,0 +1,69 @@
+"""The small CLI commands: modules, cost (with --attn, --json, --latency), latency itself."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nas_attn.latency import measure_latency
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "nas_attn.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cost_json_has_the_documented_keys_and_the_overhead_adds_up():
+    result = run_cli("cost", "--model", "resnet18", "--attn", "se", "--input", "3x64x64", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("params", "macs", "elementwise_ops"):
+        assert key in report and key in report["baseline"]
+    assert report["baseline"]["macs"] < report["macs"]
+    blocks = report["blocks"]
+    assert set(blocks) == {f"layer{i}.{j}" for i in range(1, 5) for j in range(2)}
+    # the per-block module costs are exactly what attention adds to the model
+    assert sum(b["params"] for b in blocks.values()) == report["params"] - report["baseline"]["params"]
+    assert sum(b["macs"] for b in blocks.values()) == report["macs"] - report["baseline"]["macs"]
+    assert blocks["layer1.0"]["feature_map"] == [64, 16, 16]
+
+
+def test_cost_text_says_units_and_reproduces_resnet18():
+    result = run_cli("cost", "--model", "resnet18")
+    assert result.returncode == 0, result.stderr
+    assert "1.81 G MACs" in result.stdout and "element-wise" in result.stdout and "FLOPs" not in result.stdout
+
+
+def test_cost_latency_is_measured_in_ms():
+    result = run_cli("cost", "--model", "resnet18", "--input", "3x32x32", "--attn", "dsa", "--latency", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["latency_ms"] > 0 and report["baseline"]["latency_ms"] > 0 and report["latency_batch_size"] == 1
+
+
+def test_cost_rejects_bad_input():
+    assert run_cli("cost", "--model", "resnet18", "--input", "3x224").returncode == 2
+    result = run_cli("cost", "--model", "resnet1800")
+    assert result.returncode == 2 and "unknown timm model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_modules_lists_every_module_with_cost_on_the_reference_map():
+    result = run_cli("modules", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    for name in ("dsa", "sca", "cpsam", "aw_conv", "se", "eca", "cbam", "gc"):
+        assert name in rows and "error" not in rows[name], name
+    assert rows["dsa"]["params"] == 0 and rows["dsa"]["macs"] == 0 and rows["dsa"]["elementwise_ops"] > 0
+    # SE at 256 channels (rd 16): two 1x1 convs with bias, 256*16 + 16*256 MACs
+    assert rows["se"]["macs"] == 2 * 256 * 16
+    text = run_cli("modules").stdout
+    assert "256x14x14" in text and "element-wise ops" in text
+
+
+def test_measure_latency_restores_mode_and_validates():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    model.train()
+    ms = measure_latency(model, (3, 16, 16), batch_size=2, warmup=1, repeats=3)
+    assert ms > 0 and model.training
+    with pytest.raises(ValueError, match="batch_size"):
+        measure_latency(model, (3, 16, 16), batch_size=0)
