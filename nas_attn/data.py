@@ -553,9 +553,11 @@ class DataBundle:
         return choices[name]
 
     def sample_batch(self, n: int = 64, split: str = "val") -> torch.Tensor:
-        """The first ``min(n, len(split))`` images of ``split`` without augmentation, as one
-        float tensor (B, in_chans, image_size, image_size) on CPU. Deterministic for a given
-        bundle (the split is fixed by its seed): meant for measuring DSA kept fractions."""
+        """``min(n, len(split))`` images of ``split`` without augmentation, as one float tensor
+        (B, in_chans, image_size, image_size) on CPU, meant for measuring DSA kept fractions.
+
+        The images are a seeded random sample (the bundle's seed), not the first ones: an
+        ImageFolder split is sorted by class, and its first images would all be one class."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         dataset = self.split(split)
@@ -564,9 +566,11 @@ class DataBundle:
         count = min(n, len(dataset))
         if count == 0:
             raise ValueError(f"split {split!r} of {self.name!r} is empty")
+        generator = torch.Generator().manual_seed(self.seed)
+        positions = torch.randperm(len(dataset), generator=generator)[:count].sort().values
         if hasattr(dataset, "batch"):
-            return dataset.batch(torch.arange(count))[0]
-        return torch.stack([dataset[i][0] for i in range(count)])
+            return dataset.batch(positions)[0]
+        return torch.stack([dataset[int(i)][0] for i in positions])
 
 
 def _check_fraction(val_fraction) -> None:

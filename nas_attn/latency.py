@@ -19,10 +19,12 @@ def measure_latency(model: torch.nn.Module, input_size: Sequence[int], batch_siz
     if batch_size < 1 or warmup < 0 or repeats < 1:
         raise ValueError(f"batch_size and repeats must be >= 1 and warmup >= 0, "
                          f"got batch_size={batch_size}, warmup={warmup}, repeats={repeats}")
+    first = next(iter(model.parameters()), None)
     if device is None:
-        device = next(model.parameters()).device
+        device = first.device if first is not None else "cpu"
     device = torch.device(device)
-    inputs = torch.randn(batch_size, *input_size, device=device)
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    inputs = torch.randn(batch_size, *input_size, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     was_training = model.training
     model.eval()
