@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from . import pareto as pareto_mod
 from .arch import arch_summary
 from .space import METRICS, SearchSpace, load
-from .trial import STATUSES, run_trial, settings_from_space
+from .trial import REPORTED_METRICS, STATUSES, run_trial, settings_from_space
 from .units import format_count
 
 RAY_FOLDER = "ray"
@@ -131,13 +131,23 @@ def _searcher_class():
         """
 
         def __init__(self, *args, epochs: int, objectives: List[Dict[str, Any]],
-                     constraint_keys: List[str], **kwargs):
+                     constraint_keys: List[str], run_dir: str, budget: int, **kwargs):
             super().__init__(*args, **kwargs)
             self._epochs = epochs
             self._objectives = objectives
             self._constraint_keys = constraint_keys
+            self._run_dir = run_dir
+            self._budget = budget
 
         def suggest(self, trial_id: str):
+            if trial_id not in self._ot_trials:
+                # The budget counts recorded trials, not Ray's: after a driver crash Ray's
+                # periodic snapshot may miss trials that trials.jsonl already holds.
+                recorded = {r["number"] for r in read_trials(self._run_dir)}
+                running = [t for tid, t in self._ot_trials.items()
+                           if tid not in self._completed_trials and t.number not in recorded]
+                if len(recorded) + len(running) >= self._budget:
+                    return self.FINISHED
             config = super().suggest(trial_id)
             if config is not None:
                 ot_trial = self._ot_trials[trial_id]
@@ -150,6 +160,10 @@ def _searcher_class():
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot_trial = self._ot_trials[trial_id]
+            if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+                # Told before the driver died; after --resume Ray replays the trial's end.
+                self._completed_trials.add(trial_id)
+                return
             status = trial_status(result, self._epochs, errored=error)
             ot_trial.set_user_attr("status", status)
             # Ray hands searchers flattened results: {"violations/max_params": 0.2}.
@@ -243,6 +257,14 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.config.get('trial_number', 0):04d}_{trial.trial_id}"
 
 
+def replay_result(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The last report of a recorded trial, as the trial made it (for --resume)."""
+    nan = float("nan")
+    return {**{name: nan for name in REPORTED_METRICS}, **record["metrics"], "status": record["status"],
+            "replayed": True, **({"violations": record["violations"]} if record.get("violations") else {}),
+            **({"error": record["error"]} if record.get("error") else {})}
+
+
 class ArchSampler:
     """The define-by-run function given to OptunaSearch (a class: Ray pickles the searcher)."""
 
@@ -253,12 +275,22 @@ class ArchSampler:
         return {"arch": self.space.sample(trial)}
 
 
-def ray_trainable(config: Dict[str, Any], settings: Dict[str, Any]):
-    """The function Ray runs in a worker for each trial."""
+def ray_trainable(config: Dict[str, Any], settings: Dict[str, Any],
+                  finished: Optional[Dict[int, Dict[str, Any]]] = None):
+    """The function Ray runs in a worker for each trial.
+
+    ``finished`` maps trial numbers already in trials.jsonl to their last report: after a
+    driver crash Ray may not know a trial ended (its experiment snapshot is periodic), and
+    such a trial is replayed from the record instead of being trained again.
+    """
     import ray
     import torch
     from ray import tune
     from ray.tune import Checkpoint
+
+    if finished and config.get("trial_number") in finished:
+        tune.report(finished[config["trial_number"]])
+        return
 
     context = ray.get_runtime_context()
     cpus = context.get_assigned_resources().get("CPU", 1)
@@ -437,7 +469,9 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
         write_atomic(run_dir / SPACE_FILE, space.to_yaml())
 
     settings = settings_from_space(space)
-    trainable = tune.with_resources(tune.with_parameters(ray_trainable, settings=settings), trial_resources(space))
+    finished = {r["number"]: replay_result(r) for r in read_trials(run_dir)} if resuming else {}
+    trainable = tune.with_resources(tune.with_parameters(ray_trainable, settings=settings, finished=finished),
+                                    trial_resources(space))
     recorder = _recorder_class()(str(run_dir), budget, epochs, objectives, verbose)
 
     print(f"nas-attn search: {space.name}, {budget} trials x {epochs} epochs, {search['concurrent']} at once, "
@@ -454,7 +488,8 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
             mode=["max" if d == "maximize" else "min" for d in space.objective_directions()],
             sampler=_make_sampler(search["sampler"], search["seed"]), storage=storage,
             study_name=STUDY_NAME, points_to_evaluate=first,
-            epochs=epochs, objectives=objectives, constraint_keys=sorted(space.constraints))
+            epochs=epochs, objectives=objectives, constraint_keys=sorted(space.constraints),
+            run_dir=str(run_dir), budget=budget)
         scheduler = _make_scheduler(space)
         tuner = tune.Tuner(
             trainable,

@@ -1,8 +1,10 @@
 """Search-space loading, validation errors, sampling and the summary CLI."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import optuna
 import pytest
@@ -219,3 +221,19 @@ def test_space_show_lists_every_block():
     for block in ("layer1.0", "layer2.1", "layer3.0", "layer4.1"):
         assert block in result.stdout
     assert "not searched" in result.stdout
+
+
+def test_shipped_spaces_are_found_after_a_non_editable_install(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                            "--target", str(target), str(root)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    probe = ("import nas_attn.space as s; print(s.__file__); "
+             "print(sorted(s.shipped_spaces())); print(s.load('digits_resnet').name)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
+    assert result.returncode == 0, result.stderr
+    file, names, loaded = result.stdout.strip().splitlines()[-3:]
+    assert file.startswith(str(target))
+    assert "digits_resnet" in names and "imagenet_resnet50" in names and loaded == "digits_resnet"
