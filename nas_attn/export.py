@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from .arch import arch_summary, build_model, carried_pretrained_cfg
-from .search import PARETO_FILE, SPACE_FILE, pareto_records, read_trials
+from .search import SPACE_FILE, pareto_records, read_trials
 from .space import load as load_space
 from .trial import WEIGHTS_FILE
 from .units import format_count

@@ -20,12 +20,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from . import pareto as pareto_mod
 from .arch import arch_summary
-from .space import METRICS, SearchSpace, load
-from .trial import REPORTED_METRICS, STATUSES, run_trial, settings_from_space
+from .space import SearchSpace, load
+from .trial import REPORTED_METRICS, run_trial, settings_from_space
 from .units import format_count
 
 RAY_FOLDER = "ray"
@@ -117,6 +117,14 @@ def _make_sampler(name: str, seed: int):
     raise SearchError(f"--sampler must be tpe, nsga2 or random, got {name!r}")
 
 
+def _measured_or_worst(value, objective: Dict[str, Any]) -> float:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    if objective["metric"] == "accuracy":
+        return 0.0 if objective["direction"] == "maximize" else 1.0
+    return -1e30 if objective["direction"] == "maximize" else 1e30
+
+
 def _searcher_class():
     from ray.tune.search.optuna import OptunaSearch
 
@@ -177,13 +185,9 @@ def _searcher_class():
             if status == "ok":
                 values, state = [float(result[o["metric"]]) for o in self._objectives], optuna.trial.TrialState.COMPLETE
             elif status == "infeasible":
-                # The sampler needs finite values to rank it; accuracy was never measured, so it
-                # gets the worst value: the constraint value (> 0) is what marks it infeasible.
-                values = [float(result[o["metric"]]) if METRICS[o["metric"]][0] == "minimize"
-                          and math.isfinite(result.get(o["metric"], math.nan))
-                          else (0.0 if o["direction"] == "maximize" else float("inf"))
-                          for o in self._objectives]
-                values = [v if math.isfinite(v) else 1e30 for v in values]
+                # Optuna needs finite values; what was never measured (accuracy) gets its worst
+                # value. The positive constraint value is what marks the trial infeasible.
+                values = [_measured_or_worst(result.get(o["metric"]), o) for o in self._objectives]
                 state = optuna.trial.TrialState.COMPLETE
             elif status == "stopped":
                 state = optuna.trial.TrialState.PRUNED
@@ -204,9 +208,9 @@ def _recorder_class():
     class RunRecorder(Callback):
         """Writes trials.jsonl and pareto.json after every finished trial, and prints progress."""
 
-        def __init__(self, run_dir: str, budget: int, epochs: int, objectives, verbose: bool):
+        def __init__(self, run_dir: str, budget: int, epochs: int, objectives):
             self.run_dir, self.budget, self.epochs = run_dir, budget, epochs
-            self.objectives, self.verbose = objectives, verbose
+            self.objectives = objectives
             self.records: List[Dict[str, Any]] = []
 
         def setup(self, **info):
@@ -442,7 +446,6 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "digits_resnet", *, trials
 
     import optuna
     import ray
-    from ray import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started_ray = not ray.is_initialized()
@@ -456,7 +459,6 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "digits_resnet", *, trials
 
 
 def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> SearchResult:
-    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray import tune
@@ -472,7 +474,7 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
     finished = {r["number"]: replay_result(r) for r in read_trials(run_dir)} if resuming else {}
     trainable = tune.with_resources(tune.with_parameters(ray_trainable, settings=settings, finished=finished),
                                     trial_resources(space))
-    recorder = _recorder_class()(str(run_dir), budget, epochs, objectives, verbose)
+    recorder = _recorder_class()(str(run_dir), budget, epochs, objectives)
 
     print(f"nas-attn search: {space.name}, {budget} trials x {epochs} epochs, {search['concurrent']} at once, "
           f"sampler {search['sampler']}, results in {run_dir}", flush=True)
@@ -496,7 +498,7 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=budget,
                                         max_concurrent_trials=search["concurrent"], reuse_actors=True,
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
-            run_config=tune.RunConfig(name=RAY_FOLDER, storage_path=str(run_dir), verbose=0,
+            run_config=tune.RunConfig(name=RAY_FOLDER, storage_path=str(run_dir), verbose=1 if verbose else 0,
                                       callbacks=[recorder],
                                       failure_config=tune.FailureConfig(max_failures=search["max_failures"])))
     tuner.fit()

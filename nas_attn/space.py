@@ -29,7 +29,6 @@ import copy
 import difflib
 import fnmatch
 import importlib.resources
-import itertools
 import math
 import os
 import re
@@ -40,7 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 
 from . import modules as attn_modules
-from .arch import STEMS, Arch, ArchError, attention_sites, build_model, family
+from .arch import STEMS, Arch, ArchError, attention_sites, build_model
 
 #: Metrics a trial reports, usable as objectives, with the direction that is better and the unit.
 METRICS = {

@@ -260,7 +260,7 @@ def test_early_stopping_prunes_hopeless_trials_and_keeps_them_off_the_front(tmp_
                   .replace("concurrent: 2", "concurrent: 1")
                   .replace("seed: 1,", "seed: 1, early_stopping: {grace_epochs: 1, reduction_factor: 2},"))
     out = tmp_path / "run"
-    result = search.run(space, out=str(out), num_cpus=2)
+    search.run(space, out=str(out), num_cpus=2)
     records, pareto, study = check_files_agree(out, 6)
     stopped = [r for r in records if r["status"] == "stopped"]
     assert stopped, "with reduction factor 2 some of 6 trials rank in the bottom half of a rung"
