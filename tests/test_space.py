@@ -1,6 +1,7 @@
 """Search-space loading, validation errors, sampling and the summary CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -224,10 +225,17 @@ def test_space_show_lists_every_block():
 
 
 def test_shipped_spaces_are_found_after_a_non_editable_install(tmp_path):
+    # Build from a copy: setuptools writes build/ next to the sources it builds.
     root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "nas_attn", "search_spaces"):
+        copy = shutil.copytree if (root / name).is_dir() else shutil.copy
+        copy(root / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                           if (root / name).is_dir() else {}))
     target = tmp_path / "site"
     build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                            "--target", str(target), str(root)], capture_output=True, text=True, timeout=300)
+                            "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     probe = ("import nas_attn.space as s; print(s.__file__); "
              "print(sorted(s.shipped_spaces())); print(s.load('digits_resnet').name)")
