@@ -1,0 +1,95 @@
+"""Tests of the benchmark scripts in scripts/: they run, and write their section of the Markdown file."""
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_MODULES = ROOT / "scripts" / "bench_modules.py"
+SECTION = "## Attention modules in resnet50 (scripts/bench_modules.py)"
+
+
+def _load_bench_modules():
+    spec = importlib.util.spec_from_file_location("bench_modules", BENCH_MODULES)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table_rows(section: str) -> dict:
+    """First cell -> all cells of each body row of the section's first Markdown table."""
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| variant") and not line.startswith("| stage"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            rows.setdefault(cells[0], cells)
+        elif rows and not line.startswith("|"):
+            break  # end of the first table
+    return rows
+
+
+def test_bench_modules_quick(tmp_path):
+    out = tmp_path / "BENCH.md"
+    out.write_text("# Benchmarks\n\n## Someone else's section\n\nkeep this line\n")
+    result = subprocess.run(
+        [sys.executable, str(BENCH_MODULES), "--quick", "--size", "32", "--batch-size", "2",
+         "--repeats", "1", "--variants", "none,dsa", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert "## Someone else's section\n\nkeep this line\n" in text
+    assert text.count(SECTION) == 1
+    section = text[text.index(SECTION):]
+    assert "Command: `python scripts/bench_modules.py --quick --size 32 --batch-size 2" in section
+    assert re.search(r"Load averages \(1, 5, 15 min, as `uptime` shows them\): [\d.]+, [\d.]+, [\d.]+ at the start",
+                     section)
+    assert "taken under that load" in section
+    rows = _table_rows(section)
+    assert list(rows) == ["none", "dsa"]
+    none, dsa = rows["none"], rows["dsa"]
+    assert float(none[1].replace(",", "")) > 0  # median ms
+    assert float(none[4].replace(",", "")) > 0  # CPU time ms
+    assert none[7] == dsa[7] == "25,557,032"  # DSA adds no parameters
+    assert float(none[8]) > 0  # GMACs per image at 32x32
+    # se/cbam were not run: the targets say so instead of inventing a verdict
+    assert "- not measured: dsa overhead < se overhead needs the variant(s) se in" in section
+    assert "- not measured: cpsam overhead <= cbam overhead needs the variant(s) cpsam, cbam in" in section
+    assert rows["dsa"][-1] == "overhead < se's: not measured"
+    assert "| none |" in result.stdout  # the table is printed too
+    stage_lines = [line for line in section.splitlines() if line.startswith("| layer")]
+    assert [line.split()[1] for line in stage_lines] == ["layer1", "layer2", "layer3", "layer4"]
+    assert "| 512->512, 1x1, stride 1 |" in stage_lines[3]  # layer4 conv2 at 32x32 input
+    match = re.search(r"agree with AWConv2d's to a relative (\S+) at most", section)
+    assert match and float(match.group(1)) < 1e-4
+
+
+def test_write_section_replaces_only_its_own(tmp_path):
+    bench = _load_bench_modules()
+    path = tmp_path / "B.md"
+    path.write_text(f"# Benchmarks\n\n## A\n\na\n\n{SECTION}\n\nold\n\n### sub\n\nold sub\n\n## B\n\nb\n")
+    bench.write_section(path, f"{SECTION}\n\nnew\n")
+    assert path.read_text() == f"# Benchmarks\n\n## A\n\na\n\n{SECTION}\n\nnew\n\n## B\n\nb\n"
+    fresh = tmp_path / "new.md"
+    bench.write_section(fresh, f"{SECTION}\n\nnew\n")
+    assert fresh.read_text() == (
+        f"# nas_attn benchmarks\n\nEach section gives the command that produced it.\n\n{SECTION}\n\nnew\n")
+
+
+def test_targets_and_bad_variant():
+    bench = _load_bench_modules()
+
+    def row(name, median):
+        return bench.VariantRow(name, bench.Timing([median - 1, median, median + 1]), 1, 1, 1)
+
+    rows = {n: row(n, ms) for n, ms in
+            [("none", 100.0), ("se", 110.0), ("cbam", 130.0), ("dsa", 105.0), ("sca", 130.0), ("cpsam", 140.0)]}
+    verdicts = bench.target_verdicts(rows)
+    assert verdicts["dsa"].startswith("MET: dsa overhead +5.0 ms (+5.0%) < se overhead +10.0 ms")
+    assert verdicts["sca"].startswith("MET")  # equal overhead meets "at or under"
+    assert verdicts["cpsam"].startswith("MISSED: cpsam overhead +40.0 ms")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "none,bogus"])
