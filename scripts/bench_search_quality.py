@@ -1,0 +1,451 @@
+#!/usr/bin/env python
+"""Search quality: random search, TPE, NSGA-II and the best of them with early stopping.
+
+On one space (default: the embedded ``digits_resnet``), for every seed, the same trial budget
+is searched by each method with :func:`nas_attn.search.run` (Ray Tune + Optuna, the space's
+trials at once). Methods are ``random``, ``tpe``, ``nsga2``, any of them with ``+es`` (the
+multi-objective ASHA scheduler, ``early_stopping=True``: grace 1 epoch, reduction factor 3) and
+``best+es``: whichever of the methods run without early stopping has the highest mean
+hypervolume, run again with early stopping.
+
+Per search it records (all from the results folder the search writes):
+
+* hypervolume of the finished (status ``ok``) trials, with :func:`nas_attn.pareto.hypervolume`
+  against the reference point the space declares (``objectives[i].ref``; for digits_resnet
+  accuracy 0.0 and 4.0e7 effective MACs), in accuracy (a fraction) x effective MACs per
+  image. Trials an early stopper ended have no final accuracy and do not count;
+* epochs spent: the sum over all trials of the last reported ``epoch`` in ``trials.jsonl``;
+* wall time of the ``run`` call (``time.perf_counter``; one Ray instance serves every search,
+  so Ray's own start-up is not in it);
+* whether the Pareto set holds an architecture that dominates the baseline (the trial with no
+  attention and no AW-conv, which every search trains first): strictly higher accuracy and
+  strictly lower effective MACs;
+* the hypervolume after each trial against the epochs spent so far (trials in the order the
+  sampler proposed them, i.e. trial number), for the plot;
+* the 1/5/15-minute load averages before and after, and the mean 1-minute load during it (the
+  machine may be shared).
+
+    python scripts/bench_search_quality.py                       # 16 trials, seeds 0,1,2
+    python scripts/bench_search_quality.py --quick               # tiny smoke run
+    python scripts/bench_search_quality.py --write-md BENCHMARKS.md --plot benchmarks/search_quality.png
+    python scripts/bench_search_quality.py --out DIR ...         # an interrupted run continues in DIR
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+SECTION_HEADING = "## Search quality: random, TPE, NSGA-II, early stopping"
+SAMPLERS = ("random", "tpe", "nsga2")
+DONE_FILE = "bench_summary.json"
+TARGET_ES_EPOCH_SAVING = 0.40
+TARGET_ES_HV_SHARE = 0.95
+
+
+def _bench_search_module():
+    """scripts/bench_search.py (load averages, machine facts, Markdown section writer)."""
+    path = Path(__file__).resolve().with_name("bench_search.py")
+    spec = importlib.util.spec_from_file_location("bench_search", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+common = _bench_search_module()
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+
+def parse_methods(text: str) -> List[str]:
+    """``"random,tpe,nsga2,best+es"`` -> validated list; ValueError names a bad entry."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ValueError(f"--methods must name at least one method, got {text!r}")
+    for m in methods:
+        base = m[:-3] if m.endswith("+es") else m
+        if base not in SAMPLERS + ("best",) or m == "best":
+            raise ValueError(f"--methods: {m!r} is not one of random, tpe, nsga2, "
+                             f"random+es, tpe+es, nsga2+es, best+es")
+    if "best+es" in methods and not any(m in SAMPLERS for m in methods):
+        raise ValueError("--methods: best+es needs at least one of random, tpe, nsga2 to choose from")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods lists a method twice: {text!r}")
+    return methods
+
+
+def split_method(method: str):
+    """``"tpe+es"`` -> ("tpe", True)."""
+    return (method[:-3], True) if method.endswith("+es") else (method, False)
+
+
+# --------------------------------------------------------------------------------------------
+# One search
+
+def is_baseline(arch: Dict[str, Any]) -> bool:
+    """No attention and no AW-conv in any block (``aw_conv: {}`` is an AW-conv without options)."""
+    return all(b.get("attention", "none") == "none" and b.get("aw_conv") is None
+               for b in arch.get("blocks", {}).values())
+
+
+def analyse(run_dir: Path, space) -> Dict[str, Any]:
+    """Hypervolume, epochs, baseline dominance and hypervolume history of one results folder."""
+    from nas_attn import pareto
+    from nas_attn.search import pareto_records, read_trials
+    records = read_trials(run_dir)
+    metrics, directions = space.objective_metrics(), space.objective_directions()
+    reference = space.reference_point()
+    if reference is None:
+        raise ValueError(f"space {space.name} declares no reference point (objectives[i].ref); "
+                         f"hypervolumes of different runs would not be comparable")
+    ok = [r for r in records if r["status"] == "ok"]
+    points = [[r["metrics"][m] for m in metrics] for r in ok]
+    volume = pareto.hypervolume(points, directions, reference) if points else 0.0
+    # History: after each trial (in proposal order), epochs so far and hypervolume so far.
+    history, spent, finished = [], 0, []
+    for r in records:
+        spent += int(r["metrics"].get("epoch", 0) or 0)
+        if r["status"] == "ok":
+            finished.append([r["metrics"][m] for m in metrics])
+        history.append([spent, pareto.hypervolume(finished, directions, reference) if finished else 0.0])
+    front = pareto_records(records, space.objectives)
+    base = next((r for r in records if r.get("arch") and is_baseline(r["arch"])), None)
+    dominating = []
+    if base is not None and base["status"] == "ok":
+        b = base["metrics"]
+        dominating = [r["number"] for r in front
+                      if r["metrics"]["accuracy"] > b["accuracy"] and r["metrics"]["effective_macs"] < b["effective_macs"]]
+    return {
+        "trials": len(records), "statuses": {s: sum(r["status"] == s for r in records)
+                                             for s in sorted({r["status"] for r in records})},
+        "hypervolume": volume, "epochs": spent, "history": history, "pareto": [r["number"] for r in front],
+        "baseline": None if base is None else {"number": base["number"], "status": base["status"],
+                                               "accuracy": base["metrics"].get("accuracy"),
+                                               "effective_macs": base["metrics"].get("effective_macs")},
+        "dominating_baseline": dominating,
+        "best_accuracy": max((r["metrics"]["accuracy"] for r in ok), default=float("nan")),
+        # Dominating the baseline needs lower effective MACs than it: the lowest any other trial reached.
+        "lowest_other_effective_macs": min((r["metrics"]["effective_macs"] for r in ok if r is not base),
+                                           default=float("nan")),
+    }
+
+
+def run_one(space, method: str, seed: int, out: Path) -> Dict[str, Any]:
+    """Run (or reuse, when finished before) one search; returns its summary."""
+    from nas_attn import search
+    done = out / DONE_FILE
+    if done.exists():
+        print(f"--- {method} seed {seed}: finished before, reusing {out}", flush=True)
+        summary = json.loads(done.read_text())
+        summary.setdefault("started_unix", done.stat().st_mtime - summary["wall_s"])
+        return summary
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted search: start it again from nothing
+    sampler, early_stopping = split_method(method)
+    print(f"--- {method} seed {seed} ({out})", flush=True)
+    started_unix = time.time()
+    with common.LoadSampler() as load:
+        start = time.perf_counter()
+        search.run(space, sampler=sampler, seed=seed, early_stopping=early_stopping, out=str(out))
+        wall = time.perf_counter() - start
+    recorded = len(search.read_trials(out))
+    if recorded < space.search["trials"]:
+        # Ray Tune ends a run early on Ctrl+C and returns normally: that search is not a result.
+        raise RuntimeError(f"{method} seed {seed}: only {recorded} of {space.search['trials']} trials were "
+                           f"recorded in {out} (interrupted?); rerun with the same --out to redo it")
+    summary = {"method": method, "sampler": sampler, "early_stopping": early_stopping, "seed": seed,
+               "wall_s": wall, "started_unix": started_unix, "load": load.summary(), **analyse(out, space)}
+    done.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation, targets, table, plot
+
+def spread(values: List[float]) -> Dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def aggregate(runs: List[Dict[str, Any]], methods: List[str]) -> Dict[str, Dict[str, Any]]:
+    table = {}
+    for m in methods:
+        mine = [r for r in runs if r["method"] == m]
+        if not mine:
+            continue
+        table[m] = {"sampler": mine[0]["sampler"], "early_stopping": mine[0]["early_stopping"],
+                    "hypervolume": spread([r["hypervolume"] for r in mine]),
+                    "epochs": spread([r["epochs"] for r in mine]),
+                    "wall_s": spread([r["wall_s"] for r in mine]),
+                    "dominates_baseline": sum(bool(r["dominating_baseline"]) for r in mine),
+                    "seeds": [r["seed"] for r in mine]}
+    return table
+
+
+def fmt(s: Dict[str, float], scale: float = 1.0, digits: int = 2) -> str:
+    return (f"{s['mean'] / scale:.{digits}f} +- {s['std'] / scale:.{digits}f} "
+            f"[{s['min'] / scale:.{digits}f}, {s['max'] / scale:.{digits}f}]")
+
+
+def markdown_table(agg: Dict[str, Dict[str, Any]], labels: Dict[str, str]) -> str:
+    header = ("| method | hypervolume (accuracy x M eff. MACs) | epochs spent | wall (s) "
+              "| Pareto set dominates the baseline |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for m, a in agg.items():
+        lines.append(f"| {labels.get(m, m)} | {fmt(a['hypervolume'], 1e6)} | {fmt(a['epochs'], digits=1)} "
+                     f"| {fmt(a['wall_s'], digits=0)} | {a['dominates_baseline']}/{len(a['seeds'])} seeds |")
+    return "\n".join(lines)
+
+
+def per_run_table(runs: List[Dict[str, Any]], labels: Dict[str, str]) -> str:
+    header = ("| method | seed | hypervolume (acc x M MACs) | epochs | trials ok / stopped / other | wall (s) "
+              "| best accuracy | baseline accuracy | baseline / lowest other eff. MACs (M) "
+              "| Pareto trials dominating the baseline "
+              "| load avg 1/5/15 min before -> after |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in runs:
+        st = r["statuses"]
+        other = sum(v for k, v in st.items() if k not in ("ok", "stopped"))
+        base_acc = (r["baseline"] or {}).get("accuracy")
+        base_text = f"{base_acc:.3f}" if isinstance(base_acc, float) and math.isfinite(base_acc) else "-"
+        base_macs = (r["baseline"] or {}).get("effective_macs")
+        macs_text = (f"{base_macs / 1e6:.2f} / {r.get('lowest_other_effective_macs', float('nan')) / 1e6:.2f}"
+                     if isinstance(base_macs, (int, float)) else "-")
+        lines.append(
+            f"| {labels.get(r['method'], r['method'])} | {r['seed']} | {r['hypervolume'] / 1e6:.2f} | {r['epochs']} "
+            f"| {st.get('ok', 0)} / {st.get('stopped', 0)} / {other} | {r['wall_s']:.0f} "
+            f"| {r['best_accuracy']:.3f} | {base_text} | {macs_text} | {', '.join(map(str, r['dominating_baseline'])) or 'none'} "
+            f"| {common.format_load(r['load'])} |")
+    return "\n".join(lines)
+
+
+def verdicts(agg: Dict[str, Dict[str, Any]], best: Optional[str]) -> List[str]:
+    out = []
+    hv = {m: a["hypervolume"]["mean"] for m, a in agg.items()}
+    if "random" in hv and ("tpe" in hv or "nsga2" in hv):
+        guided = max((m for m in ("tpe", "nsga2") if m in hv), key=hv.get)
+        ok = hv[guided] >= hv["random"]
+        out.append(f"- TPE or NSGA-II hypervolume >= random's (means over seeds): **{'MET' if ok else 'MISSED'}** "
+                   f"({guided} {hv[guided] / 1e6:.2f} vs random {hv['random'] / 1e6:.2f} accuracy x M MACs"
+                   f"; spreads in the table).")
+    else:
+        out.append("- TPE or NSGA-II vs random: not measured (needs random and tpe or nsga2 in --methods).")
+    es_pairs = [(m, split_method(m)[0]) for m in agg if agg[m]["early_stopping"]]
+    for es, plain in es_pairs:
+        if plain not in agg:
+            out.append(f"- Early stopping ({es}): no {plain} run without it to compare with.")
+            continue
+        saving = 1 - agg[es]["epochs"]["mean"] / agg[plain]["epochs"]["mean"]
+        share = hv[es] / hv[plain] if hv[plain] else float("nan")
+        ok = saving >= TARGET_ES_EPOCH_SAVING and share >= TARGET_ES_HV_SHARE
+        out.append(f"- Early stopping ({plain} + MO-ASHA) spends >= {TARGET_ES_EPOCH_SAVING:.0%} fewer epochs for "
+                   f">= {TARGET_ES_HV_SHARE:.0%} of the hypervolume: **{'MET' if ok else 'MISSED'}** "
+                   f"({100 * saving:.0f}% fewer epochs: {agg[es]['epochs']['mean']:.1f} vs "
+                   f"{agg[plain]['epochs']['mean']:.1f}; {100 * share:.0f}% of the hypervolume: "
+                   f"{hv[es] / 1e6:.2f} vs {hv[plain] / 1e6:.2f}).")
+    return out
+
+
+def plot(runs: List[Dict[str, Any]], methods: List[str], labels: Dict[str, str], path: Path, title: str) -> None:
+    """Hypervolume against epochs spent: mean over seeds per method, min-max band.
+
+    The first trial of every search is the baseline and brings the hypervolume from 0 to most
+    of its final value; the y axis is zoomed on what comes after it.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    after_first = []
+    for m in methods:
+        mine = [r for r in runs if r["method"] == m]
+        if not mine:
+            continue
+        # Every run's hypervolume is a step function of epochs spent; evaluate all of them at
+        # every epoch count where any of them steps (a finished run keeps its final value).
+        grid = np.array(sorted({0} | {h[0] for r in mine for h in r["history"]}), dtype=float)
+        curves = []
+        for r in mine:
+            spent = np.array([0] + [h[0] for h in r["history"]], dtype=float)
+            volume = np.array([0.0] + [h[1] for h in r["history"]]) / 1e6
+            index = np.searchsorted(spent, grid, side="right") - 1
+            curves.append(volume[np.clip(index, 0, len(volume) - 1)])
+            after_first += [v for v in volume[1:] if v > 0]
+        curves = np.array(curves)
+        line, = ax.step(grid, curves.mean(axis=0), where="post", label=f"{labels.get(m, m)} (n={len(mine)})")
+        if len(mine) > 1:
+            ax.fill_between(grid, curves.min(axis=0), curves.max(axis=0), step="post", alpha=0.15,
+                            color=line.get_color())
+    if after_first:
+        low, high = min(after_first), max(after_first)
+        pad = max(0.1 * (high - low), 1e-3 * high)
+        ax.set_ylim(low - pad, high + pad)
+    ax.set_xlabel("training epochs spent (sum over trials, in trial order)")
+    ax.set_ylabel("hypervolume (accuracy x M effective MACs)\n(zoomed: the baseline trial starts it from 0)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--space", default="digits_resnet", help="shipped space name or YAML path")
+    parser.add_argument("--trials", type=int, default=None, help="trial budget per search (default 16; 3 with --quick)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; 0 with --quick)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated: random, tpe, nsga2, X+es, best+es "
+                             "(default random,tpe,nsga2,best+es; random,best+es with --quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the space's; 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke config (16x16 digits, 3 trials, 2 epochs, 1 seed)")
+    parser.add_argument("--out", help="working folder; rerun with the same --out to continue an interrupted run")
+    parser.add_argument("--write-md", metavar="FILE", help="put the result section into this Markdown file")
+    parser.add_argument("--plot", metavar="PNG", help="plot path (default: benchmarks/search_quality.png next to "
+                                                      "--write-md's file, else in --out)")
+    parser.add_argument("--note", default="", help="Markdown text added to the section (an analysis of the numbers)")
+    args = parser.parse_args(argv)
+
+    try:
+        methods = parse_methods(args.methods or ("random,best+es" if args.quick else "random,tpe,nsga2,best+es"))
+        seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",") if s.strip()]
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not seeds:
+        parser.error("--seeds must name at least one seed")
+    trials = args.trials if args.trials is not None else (3 if args.quick else 16)
+    if trials < 1:
+        parser.error(f"--trials must be >= 1, got {trials}")
+    epochs = args.epochs if args.epochs is not None else (2 if args.quick else None)
+    if epochs is not None and epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {epochs}")
+
+    # One private Ray for every search (see bench_search.isolated_ray_env), started before any search.
+    os.environ.update({k: v for k, v in common.isolated_ray_env().items()
+                       if k in ("RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")})
+    os.environ.pop("RAY_ADDRESS", None)
+    space = common.bench_space(args.space, trials, epochs, args.quick)
+    out = Path(args.out) if args.out else Path(f"/tmp/bench_search_quality-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    command = common.recorded_command("scripts/bench_search_quality.py", argv if argv is not None else sys.argv[1:])
+    started = datetime.datetime.now()
+    code = common.code_version()  # before the searches: the tree may change while they run
+    print(f"{space.name}: {trials} trials x {space.train['epochs']} epochs, {space.search['concurrent']} at once, "
+          f"seeds {seeds}, methods {methods}; working folder {out}", flush=True)
+
+    import ray
+    from nas_attn import search
+    search._init_ray(None, verbose=False)
+    runs: List[Dict[str, Any]] = []
+    total_start = time.perf_counter()
+    try:
+        plain = [m for m in methods if m != "best+es"]
+        for seed in seeds:  # seeds outside: load drifts hit every method alike
+            for m in plain:
+                runs.append(run_one(space, m, seed, out / f"{m.replace('+', '_')}-seed{seed}"))
+        best = None
+        if "best+es" in methods:
+            candidates = {m: statistics.fmean(r["hypervolume"] for r in runs if r["method"] == m)
+                          for m in plain if m in SAMPLERS}
+            best = max(candidates, key=candidates.get)
+            print(f"--- best without early stopping: {best} (mean hypervolume "
+                  f"{candidates[best] / 1e6:.2f} accuracy x M MACs)", flush=True)
+            for seed in seeds:
+                r = run_one(space, f"{best}+es", seed, out / f"{best}_es-seed{seed}")
+                runs.append(r)
+    finally:
+        ray.shutdown()
+    total_wall = time.perf_counter() - total_start
+
+    ran = [m for m in methods if m != "best+es"] + ([f"{best}+es"] if best else [])
+    labels = {m: (f"{split_method(m)[0]} + early stopping" + (" (best+es)" if best and m == f"{best}+es" else "")
+                  if split_method(m)[1] else m) for m in ran}
+    agg = aggregate(runs, ran)
+    first = min((r["started_unix"] for r in runs), default=started.timestamp())
+    last = max((r["started_unix"] + r["wall_s"] for r in runs), default=started.timestamp())
+    span = (f"{datetime.datetime.fromtimestamp(first).isoformat(timespec='minutes')} to "
+            f"{datetime.datetime.fromtimestamp(last).isoformat(timespec='minutes')}")
+    result = {"command": command.strip(), "date": span,
+              "machine": common.machine_facts(), "code": code, "space": space.name, "trials": trials,
+              "epochs": space.train["epochs"], "concurrent": space.search["concurrent"], "seeds": seeds,
+              "reference": space.reference_point(), "objectives": space.objectives, "best": best,
+              "total_wall_s": total_wall, "quick": args.quick, "methods": ran, "aggregate": agg, "runs": runs}
+    (out / "summary.json").write_text(json.dumps(result, indent=1))
+
+    if args.plot:
+        png = Path(args.plot)
+    elif args.write_md:
+        png = Path(args.write_md).resolve().parent / "benchmarks" / "search_quality.png"
+    else:
+        png = out / "search_quality.png"
+    title = (f"{space.name}: {trials} trials x {space.train['epochs']} epochs, seeds {','.join(map(str, seeds))}"
+             f" (mean, band = min-max over seeds)")
+    plot(runs, ran, labels, png, title)
+    body = section_text(result, agg, runs, labels, best, png, args.write_md, args.note)
+    print("\n" + body, flush=True)
+    if args.write_md:
+        common.replace_section(Path(args.write_md), SECTION_HEADING, body)
+        print(f"\nwrote section {SECTION_HEADING!r} of {args.write_md}")
+    return 0
+
+
+def section_text(result, agg, runs, labels, best, png: Path, md_file: Optional[str], note: str) -> str:
+    link = os.path.relpath(png.resolve(), Path(md_file).resolve().parent) if md_file else str(png)
+    ref = result["reference"]
+    lines = [
+        f"Command: `{result['command']}`  ",
+        f"Date: searches ran {result['date']}; they took {sum(r['wall_s'] for r in runs) / 60:.0f} min of wall time "
+        f"in all  ",
+        f"Machine: {result['machine']}. The machine was shared with other jobs during the run; "
+        f"load averages (`uptime`) per search are in the second table.  ",
+        *([f"Code: nas_attn at {result['code']}.  "] if result.get("code", "unknown") != "unknown" else []),
+        f"Workload: space `{result['space']}`, {result['trials']} trials x {result['epochs']} epochs per search, "
+        f"{result['concurrent']} trials at once, seeds {', '.join(map(str, result['seeds']))} (the seed drives the "
+        f"sampler, the train/validation split and the training)."
+        + (" **--quick smoke config: not a measurement.**" if result["quick"] else ""),
+    ]
+    lines += [
+        "",
+        f"Hypervolume of the finished trials against the declared reference point "
+        f"(accuracy {ref[0]:g}, {ref[1]:.3g} effective MACs per image), in accuracy (fraction) x million effective "
+        f"MACs; mean +- standard deviation [min, max] over seeds. Epochs spent: sum over all trials of the last "
+        f"reported epoch. Wall: `time.perf_counter` around `nas_attn.search.run` (one Ray instance for all "
+        f"searches, so Ray's start-up is outside it). The baseline (no attention, no AW-conv) is trial 0 of every "
+        f"search; \"dominates\" means a Pareto-set trial with strictly higher accuracy and strictly lower effective "
+        f"MACs than that trial."
+        + (f" `best+es` ran {best} (highest mean hypervolume without early stopping) with MO-ASHA "
+           f"(grace 1 epoch, reduction factor 3)." if best else ""),
+        "",
+        markdown_table(agg, labels),
+        "",
+        "Targets:",
+        "",
+        *verdicts(agg, best),
+        "",
+        *([note, ""] if note else []),
+        f"![hypervolume against epochs spent]({link})",
+        "",
+        "Per search:",
+        "",
+        per_run_table(runs, labels),
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

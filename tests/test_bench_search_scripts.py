@@ -1,0 +1,96 @@
+"""Smoke tests of scripts/bench_search.py and scripts/bench_search_quality.py (--quick).
+
+Each script runs once in a subprocess with its tiny --quick config (16x16 digits, 1-2 epochs, 2-3
+trials; well under 90 s each on an idle 2-core machine) and the printed tables and the
+summary.json it writes are checked. No timing is asserted: only that the numbers hang together.
+"""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(script, *args, timeout=600):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / script), *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_replace_section_keeps_the_other_sections(tmp_path):
+    bench = _load("bench_search")
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Attention modules in resnet50\n\nother table\n\n### sub\n\nkept\n")
+    bench.replace_section(md, "## Search overhead: x", "first body")
+    bench.replace_section(md, "## Search overhead: x", "second body\n")
+    text = md.read_text()
+    assert text.count("## Search overhead: x") == 1
+    assert "second body" in text and "first body" not in text
+    assert "## Attention modules in resnet50\n\nother table\n\n### sub\n\nkept\n" in text
+    # A section in the middle is replaced in place, the one after it untouched.
+    md.write_text("# B\n\n## Search overhead: x\n\nold\n\n## Later\n\nlater text\n")
+    bench.replace_section(md, "## Search overhead: x", "new")
+    assert md.read_text() == "# B\n\n## Search overhead: x\n\nnew\n\n## Later\n\nlater text\n"
+
+
+def test_parse_methods_rejects_unknown_and_duplicates():
+    quality = _load("bench_search_quality")
+    assert quality.parse_methods("random, tpe,nsga2+es,best+es") == ["random", "tpe", "nsga2+es", "best+es"]
+    assert quality.split_method("tpe+es") == ("tpe", True)
+    for bad in ("grid", "best", "tpe,tpe", "", "best+es"):
+        with pytest.raises(ValueError, match="--methods"):
+            quality.parse_methods(bad)
+
+
+def test_bench_search_quick(tmp_path):
+    out = tmp_path / "run"
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Attention modules in resnet50\n\nkept\n")
+    stdout = _run("bench_search.py", "--quick", "--out", str(out), "--write-md", str(md))
+    assert "| nas-attn search --concurrent 2 | 2 x 1 |" in stdout
+    assert "| sequential Optuna loop, 1 thread | 1 x 1 |" in stdout
+    assert "Search overhead <= 3% of trial time: **" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    ray, seq = summary["rows"]
+    assert summary["quick"] and summary["trials"] == 2 and summary["epochs"] == 1
+    for row in (ray, seq):
+        assert row["trials"] == 2 and row["epochs"] == 2  # 2 trials x 1 epoch each
+        assert 0 < row["train_eval_s"] <= row["trial_s"]
+        assert len(row["load"]["before"]) == 3
+    # The loop replays the Ray run's architectures exactly (checked trial by trial).
+    assert seq["same_archs"] == 2
+    # One process running one trial at a time cannot finish before its trials did.
+    assert seq["wall_s"] >= seq["trial_s"]
+    text = md.read_text()
+    assert "## Attention modules in resnet50\n\nkept\n" in text
+    assert text.count("## Search overhead: Ray Tune vs a sequential loop") == 1
+
+
+def test_bench_search_quality_quick(tmp_path):
+    out = tmp_path / "run"
+    stdout = _run("bench_search_quality.py", "--quick", "--out", str(out))
+    assert "| random |" in stdout
+    assert "| random + early stopping (best+es) |" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"] == "random" and summary["reference"] == [0.0, 4.0e7]
+    plain, stopped = summary["runs"]
+    assert plain["method"] == "random" and stopped["method"] == "random+es"
+    for run in (plain, stopped):
+        assert run["trials"] == 3 and run["baseline"]["number"] == 0
+        assert run["hypervolume"] > 0
+        # The last point of the history is the whole search.
+        assert run["history"][-1] == [run["epochs"], run["hypervolume"]]
+    assert plain["epochs"] == 3 * 2 and stopped["epochs"] <= 3 * 2
+    assert (out / "search_quality.png").stat().st_size > 1000
