@@ -103,16 +103,20 @@ def attention_sites(model: nn.Module) -> Dict[str, AttentionSite]:
     return sites
 
 
-def feature_map_sizes(model: nn.Module, input_size) -> Dict[str, tuple]:
-    """(C, H, W) of the tensor each block's attention slot sees, for one input of ``input_size``.
+def site_shapes(model: nn.Module, input_size) -> Dict[str, Dict[str, tuple]]:
+    """Per block, for one input of ``input_size`` (C, H, W): ``slot``, the (C, H, W) its
+    attention slot sees, and ``conv``, the (C, H, W) input of its spatial conv.
 
     The slot sits after the block's last spatial conv, so its H, W are the block output's.
     """
     sites = attention_sites(model)
-    sizes: Dict[str, tuple] = {}
-    handles = [site.block.register_forward_hook(
-        lambda mod, args, out, name=name, ch=site.channels: sizes.__setitem__(name, (ch, *out.shape[-2:])))
-        for name, site in sites.items()]
+    shapes: Dict[str, Dict[str, tuple]] = {name: {} for name in sites}
+    handles = []
+    for name, site in sites.items():
+        handles.append(site.block.register_forward_hook(
+            lambda mod, args, out, name=name, ch=site.channels: shapes[name].__setitem__("slot", (ch, *out.shape[-2:]))))
+        handles.append(getattr(site.block, site.conv_attr).register_forward_pre_hook(
+            lambda mod, args, name=name: shapes[name].__setitem__("conv", tuple(args[0].shape[1:]))))
     was_training = model.training
     try:
         model.eval()
@@ -122,7 +126,12 @@ def feature_map_sizes(model: nn.Module, input_size) -> Dict[str, tuple]:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return sizes
+    return shapes
+
+
+def feature_map_sizes(model: nn.Module, input_size) -> Dict[str, tuple]:
+    """(C, H, W) of the tensor each block's attention slot sees, for one input of ``input_size``."""
+    return {name: shape["slot"] for name, shape in site_shapes(model, input_size).items()}
 
 
 def _apply_stem(model: nn.Module, stem: str) -> None:

@@ -9,10 +9,9 @@ import itertools
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 from torch import nn
 
-from .arch import attention_sites, build_model
+from .arch import attention_sites, build_model, site_shapes
 from .cost import measure
 from .modules import AWConv2d, available, create_attn
 from .units import format_count
@@ -22,29 +21,6 @@ MAX_KWARG_COMBINATIONS = 16
 
 def _module_cost(module: nn.Module, shape: Tuple[int, int, int]):
     return measure(nn.Sequential(module), tuple(shape))
-
-
-def _site_inputs(model: nn.Module, input_size) -> Dict[str, Dict[str, tuple]]:
-    """Per block: the (C, H, W) its attention slot sees and the input of its spatial conv."""
-    sites = attention_sites(model)
-    shapes: Dict[str, Dict[str, tuple]] = {name: {} for name in sites}
-    handles = []
-    for name, site in sites.items():
-        handles.append(site.block.register_forward_hook(
-            lambda m, a, out, name=name, ch=site.channels: shapes[name].__setitem__("slot", (ch, *out.shape[-2:]))))
-        conv = getattr(site.block, site.conv_attr)
-        handles.append(conv.register_forward_pre_hook(
-            lambda m, a, name=name: shapes[name].__setitem__("conv", tuple(a[0].shape[1:]))))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return shapes
 
 
 def _kwarg_combinations(params) -> List[Dict[str, Any]]:
@@ -65,7 +41,7 @@ def mac_range(space) -> Tuple[float, float, float]:
     model = build_model(base_arch)
     base = measure(model, space.input_size).macs
     sites = attention_sites(model)
-    shapes = _site_inputs(model, space.input_size)
+    shapes = site_shapes(model, space.input_size)
     cache: Dict[tuple, float] = {}
 
     def attn_delta(name, kwargs, shape):
@@ -129,7 +105,7 @@ def describe_space(space, detail: bool = False) -> str:
     """The summary ``nas-attn validate`` prints (``detail``: every block, ``space show``)."""
     model = build_model({"model": space.model["name"], "model_args": space.model["args"],
                          "stem": space.model["stem"], "blocks": {}})
-    shapes = _site_inputs(model, space.input_size)
+    shapes = site_shapes(model, space.input_size)
     c, h, w = space.input_size
     lines = [f"{space.name}: OK ({space.path or 'in memory'})",
              f"  model      {space.model['name']} {space.model['args']}, stem {space.model['stem']}, "
@@ -200,7 +176,7 @@ def model_cost_report(model_name: str, attn: Optional[str], input_size, latency:
     report.update({"attention": attn, **_cost_keys(cost), "baseline": baseline})
     if latency:
         report["latency_ms"] = measure_latency(model, input_size, batch_size=latency_batch_size)
-    shapes = _site_inputs(plain, input_size)
+    shapes = site_shapes(plain, input_size)
     blocks = {}
     for block, shape in shapes.items():
         module = create_attn(attn, shape["slot"][0])

@@ -532,8 +532,8 @@ def render_section(args, argv, rows: Dict[str, VariantRow], stage_rows: List[Sta
             f"multiplies each sample's kernel matrix with its unfolded input.")
         worst = max(max(r.errors.values()) for r in stage_rows)
         out.append(
-                f"Every formulation's output and gradients (input, K, bias, attention MLP) agree "
-                f"with AWConv2d's to a relative {worst:.1e} at most (max |diff| / max |ref|).")
+            f"Every formulation's output and gradients (input, K, bias, attention MLP) agree "
+            f"with AWConv2d's to a relative {worst:.1e} at most (max |diff| / max |ref|).")
         out.append("")
         out.append(stage_table(stage_rows))
     return "\n".join(out) + "\n"
