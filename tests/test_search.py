@@ -152,7 +152,7 @@ def test_a_node_lost_mid_search_is_retried_and_the_budget_completes(tiny_space_f
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out = tmp_path / "run"
-        space = loads(UNCONSTRAINED.replace("epochs: 1", "epochs: 3"))
+        space = loads(UNCONSTRAINED.replace("epochs: 1", "epochs: 2"))
 
         def kill_worker_node():
             # Wait until a trial has started on the worker node, then pull the plug.
