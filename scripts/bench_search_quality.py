@@ -227,7 +227,7 @@ def markdown_table(agg: Dict[str, Dict[str, Any]], labels: Dict[str, str]) -> st
 
 def per_run_table(runs: List[Dict[str, Any]], labels: Dict[str, str]) -> str:
     header = ("| method | seed | hypervolume (acc x M MACs) | epochs | trials ok / stopped / other | wall (s) "
-              "| best accuracy | baseline accuracy | baseline / lowest other eff. MACs (M) "
+              "| best accuracy | baseline accuracy | eff. MACs: baseline / lowest other trial "
               "| Pareto trials dominating the baseline "
               "| load avg 1/5/15 min before -> after |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -237,7 +237,7 @@ def per_run_table(runs: List[Dict[str, Any]], labels: Dict[str, str]) -> str:
         base_acc = (r["baseline"] or {}).get("accuracy")
         base_text = f"{base_acc:.3f}" if isinstance(base_acc, float) and math.isfinite(base_acc) else "-"
         base_macs = (r["baseline"] or {}).get("effective_macs")
-        macs_text = (f"{base_macs / 1e6:.2f} / {r.get('lowest_other_effective_macs', float('nan')) / 1e6:.2f}"
+        macs_text = (f"{base_macs:,.0f} / {r.get('lowest_other_effective_macs', float('nan')):,.0f}"
                      if isinstance(base_macs, (int, float)) else "-")
         lines.append(
             f"| {labels.get(r['method'], r['method'])} | {r['seed']} | {r['hypervolume'] / 1e6:.4f} | {r['epochs']} "
@@ -384,11 +384,12 @@ def main(argv=None) -> int:
         for seed in seeds:  # seeds outside: load drifts hit every method alike
             for m in plain:
                 runs.append(run_one(space, m, seed, out / f"{m.replace('+', '_')}-seed{seed}"))
-        best = None
+        best, tied = None, []
         if "best+es" in methods:
             candidates = {m: statistics.fmean(r["hypervolume"] for r in runs if r["method"] == m)
                           for m in plain if m in SAMPLERS}
-            best = max(candidates, key=candidates.get)
+            best = max(candidates, key=candidates.get)  # a tie goes to the first in --methods
+            tied = [m for m in candidates if m != best and candidates[m] == candidates[best]]
             print(f"--- best without early stopping: {best} (mean hypervolume "
                   f"{candidates[best] / 1e6:.2f} accuracy x M MACs)", flush=True)
             for seed in seeds:
@@ -411,7 +412,7 @@ def main(argv=None) -> int:
     result = {"command": command.strip(), "date": span,
               "machine": common.machine_facts(), "code": code, "space": space.name, "trials": trials,
               "epochs": space.train["epochs"], "concurrent": space.search["concurrent"], "seeds": seeds,
-              "reference": space.reference_point(), "objectives": space.objectives, "best": best,
+              "reference": space.reference_point(), "objectives": space.objectives, "best": best, "tied": tied,
               "total_wall_s": total_wall, "quick": args.quick, "methods": ran, "aggregate": agg, "runs": runs}
     (out / "summary.json").write_text(json.dumps(result, indent=1))
 
@@ -456,8 +457,10 @@ def section_text(result, agg, runs, labels, best, png: Path, md_file: Optional[s
         f"searches, so Ray's start-up is outside it). The baseline (no attention, no AW-conv) is trial 0 of every "
         f"search; \"dominates\" means a Pareto-set trial with strictly higher accuracy and strictly lower effective "
         f"MACs than that trial."
-        + (f" `best+es` ran {best} (highest mean hypervolume without early stopping) with MO-ASHA "
-           f"(grace 1 epoch, reduction factor 3)." if best else ""),
+        + (f" `best+es` ran {best} (highest mean hypervolume without early stopping"
+           + (f", tied with {', '.join(result.get('tied') or [])}; a tie goes to the first in --methods"
+              if result.get("tied") else "")
+           + ") with MO-ASHA (grace 1 epoch, reduction factor 3)." if best else ""),
         "",
         markdown_table(agg, labels),
         "",
