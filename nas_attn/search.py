@@ -352,7 +352,10 @@ def _init_ray(address: Optional[str], verbose: bool, num_cpus: Optional[int] = N
         if address:
             ray.init(address=address, logging_level=level, log_to_driver=verbose)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level=level,
+            # address="local": without it ray.init joins whatever cluster this machine last
+            # started (ray start, another test's Cluster) instead of a private instance.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     logging_level=level,
                      log_to_driver=verbose, _node_ip_address="127.0.0.1")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SearchError(f"could not connect to the Ray cluster at --address {address!r}: {exc}. "
