@@ -152,18 +152,17 @@ def test_a_node_lost_mid_search_is_retried_and_the_budget_completes(tiny_space_f
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out = tmp_path / "run"
-        space = loads(UNCONSTRAINED.replace("epochs: 1", "epochs: 2"))
+        space = loads(UNCONSTRAINED.replace("epochs: 1", "epochs: 3"))
 
         def kill_worker_node():
-            # Wait until a trial has started on the worker node, then pull the plug.
-            deadline = time.time() + 120
+            # Trial folders appear before trials are placed; the first epoch report means both
+            # nodes (1 CPU each, 2 trials at once) are training a 3-epoch trial: pull the plug.
+            deadline = time.time() + 180
             while time.time() < deadline:
-                if any(p.name.startswith("trial_") for p in (out / "ray").glob("trial_*")) and \
-                        len(list((out / "ray").glob("trial_*"))) >= 2:
-                    time.sleep(4)
+                if any(p.stat().st_size > 0 for p in (out / "ray").glob("trial_*/result.json")):
                     cluster.remove_node(worker, allow_graceful=False)
                     return
-                time.sleep(0.5)
+                time.sleep(0.2)
 
         killer = threading.Thread(target=kill_worker_node, daemon=True)
         killer.start()
