@@ -28,7 +28,6 @@ Either keeps 4x more resolution in every stage, so spatial attention has somethi
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -211,13 +210,7 @@ def arch_summary(arch: Arch) -> str:
             counts[name] = counts.get(name, 0) + 1
         if choice.get("aw_conv") is not None:
             counts["aw_conv"] = counts.get("aw_conv", 0) + 1
-    body = ", ".join(f"{name} x{n}" for name, n in counts.items()) or "no attention"
-    return f"{body}"
-
-
-def arch_to_json(arch: Arch) -> str:
-    """Canonical JSON of an Arch (sorted keys), for files and comparisons."""
-    return json.dumps(arch, sort_keys=True)
+    return ", ".join(f"{name} x{n}" for name, n in counts.items()) or "no attention"
 
 
 @register_model

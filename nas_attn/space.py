@@ -430,9 +430,6 @@ class SearchSpace:
                 params[f"{d.unit}.aw_conv"] = False
         return params
 
-    def baseline_in_space(self) -> bool:
-        return all("none" in d.rule.attention and False in d.rule.aw_conv for d in self.decisions)
-
     def build(self, arch: Arch):
         """The timm model of an Arch (random init)."""
         return build_model(arch)

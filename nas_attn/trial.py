@@ -5,7 +5,6 @@ callable. The search passes Ray Tune's ``tune.report``; the sequential benchmark
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import traceback
@@ -142,6 +141,3 @@ def save_weights(model: torch.nn.Module, folder: str) -> str:
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
     return path
 
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
