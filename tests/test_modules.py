@@ -314,6 +314,69 @@ def test_sca_hand_computed_gates():
     torch.testing.assert_close(module(x), expected)
 
 
+def _sca_reference(module, x):
+    """SCA as the plain autograd expression it was first written as (before the fused nodes)."""
+    b, c, h, w = x.shape
+
+    def gate(g, avg, peak):
+        return torch.sigmoid(g.bn(g.conv(torch.stack((avg, peak), dim=1))))
+
+    g_cw = gate(module.gate_cw, x.mean(dim=2), x.amax(dim=2)).view(b, c, 1, w)
+    g_ch = gate(module.gate_ch, x.mean(dim=3), x.amax(dim=3)).view(b, c, h, 1)
+    g_hw = gate(module.gate_hw, x.mean(dim=1), x.amax(dim=1))
+    return x * ((g_cw + g_ch + g_hw) * (1.0 / 3.0))
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("shape,kernel_size", [((2, 16, 7, 5), 7), ((3, 8, 1, 1), 3), ((2, 40, 3, 12), 5),
+                                                ((1, 24, 9, 9), 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sca_fused_equals_reference_formula(shape, kernel_size, channels_last):
+    """Same function as the plain expression: outputs and all gradients within 1e-5 relative.
+
+    randn inputs have no tied maxima, so the arg-max gradient equals amax's tie-splitting one.
+    """
+    module = SCA(shape[1], kernel_size=kernel_size).train()
+    with torch.no_grad():  # non-trivial BN affine, so every gate path carries a gradient
+        for gate in (module.gate_cw, module.gate_ch, module.gate_hw):
+            gate.bn.weight.uniform_(0.5, 1.5)
+            gate.bn.bias.uniform_(-0.5, 0.5)
+    x0 = torch.randn(shape)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(shape)
+    results = []
+    for fn in (module, lambda x: _sca_reference(module, x)):
+        module.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_(True)
+        y = fn(x)
+        y.backward(grad_out)
+        results.append([y.detach(), x.grad] + [p.grad for p in module.parameters()])
+    for got, ref in zip(*results):
+        assert _rel(got, ref) < 1e-5
+    if channels_last and shape[2] * shape[3] > 1:
+        assert results[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_sca_tied_maxima_gradient_sums_match():
+    """With ties (ReLU6-clipped input) the max gradient goes to one position: per pooled line the
+    gradient mass is the same as amax's even split, and the output is unchanged."""
+    module = SCA(8, kernel_size=3).train()
+    x = torch.randn(2, 8, 6, 6).mul(4).clamp(0, 6).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    grad_out = torch.randn(2, 8, 6, 6)
+    y = module(x)
+    y.backward(grad_out)
+    y_ref = _sca_reference(module, x_ref)
+    y_ref.backward(grad_out)
+    assert _rel(y.detach(), y_ref.detach()) < 1e-5
+    assert (x.detach() == 0).sum() > 10  # the test really has ties
+    torch.testing.assert_close(x.grad.sum(), x_ref.grad.sum(), rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- CPSAM
 
 @pytest.mark.parametrize("channels,ours,non_local", [(64, 1434, 2264), (256, 18018, 33632), (512, 68802, 132800)])
