@@ -9,6 +9,7 @@ The path data takes, one module per arrow (none reaches back):
     data       digits (embedded), CIFAR-10/100 and ImageFolder from local folders
     train      the training loop;  trial: one trial (cost, constraints, training, reports)
     search     Ray Tune + Optuna over a space -> a results folder
+    cluster    starting or joining Ray with token authentication (never without), loopback when local
     schedulers multi-objective ASHA early stopping
     pareto     non-dominated sets and hypervolume
     export     results -> timm model folders (``load`` reads one back)

@@ -51,7 +51,8 @@ def cmd_search(args) -> int:
     run(args.space, trials=args.trials, concurrent=args.concurrent, epochs=args.epochs, sampler=args.sampler,
         seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         address=args.address, out=args.out, resume=args.resume, data_root=args.data_root,
-        early_stopping=args.early_stopping, verbose=args.verbose)
+        early_stopping=args.early_stopping, verbose=args.verbose,
+        allow_unauthenticated_cluster=args.allow_unauthenticated_cluster)
     return 0
 
 
@@ -120,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of sampler, split and training (search.seed)")
     p.add_argument("--cpus-per-trial", type=_non_negative_float, help="CPUs Ray gives each trial")
     p.add_argument("--gpus-per-trial", type=_non_negative_float, help="GPUs per trial, fractions allowed")
-    p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally)")
+    p.add_argument("--address", help="join a Ray cluster: auto or HOST:PORT (default: start Ray locally); "
+                                     "needs the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+    p.add_argument("--allow-unauthenticated-cluster", action="store_true",
+                   help="with --address: join a cluster that runs without token authentication (anyone who can "
+                        "reach such a cluster can run code on it)")
     p.add_argument("--out", help="results folder (default runs/<space>-<timestamp>)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted search in DIR")
     p.add_argument("--data-root", help="dataset folder (overrides data.root)")

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,24 +343,17 @@ def pareto_table(records: List[Dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------
 # The run
 
-def _init_ray(address: Optional[str], verbose: bool, num_cpus: Optional[int] = None):
-    import ray
+def _init_ray(address: Optional[str], verbose: bool, num_cpus: Optional[int] = None,
+              allow_unauthenticated_cluster: bool = False):
+    from .cluster import ClusterError, connect, start_local
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    level = logging.INFO if verbose else logging.WARNING
     try:
         if address:
-            ray.init(address=address, logging_level=level, log_to_driver=verbose)
+            connect(address, verbose, allow_unauthenticated=allow_unauthenticated_cluster)
         else:
-            # address="local": without it ray.init joins whatever cluster this machine last
-            # started (ray start, another test's Cluster) instead of a private instance.
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     logging_level=level,
-                     log_to_driver=verbose, _node_ip_address="127.0.0.1")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise SearchError(f"could not connect to the Ray cluster at --address {address!r}: {exc}. "
-                          f"Start one with `ray start --head` and pass its address (or 'auto').") from None
+            start_local(num_cpus, verbose)
+    except ClusterError as exc:
+        raise SearchError(str(exc)) from None
 
 
 def _check_address(address: Optional[str]) -> None:
@@ -421,12 +415,23 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "digits_resnet", *, trials
         gpus_per_trial: Optional[float] = None, address: Optional[str] = None,
         out: Optional[Union[str, os.PathLike]] = None, resume: Optional[Union[str, os.PathLike]] = None,
         data_root: Optional[str] = None, early_stopping: Optional[bool] = None,
-        verbose: bool = False, num_cpus: Optional[int] = None) -> SearchResult:
+        verbose: bool = False, num_cpus: Optional[int] = None,
+        allow_unauthenticated_cluster: bool = False) -> SearchResult:
     """Run (or with ``resume=DIR`` continue) a search; returns its trials and Pareto set.
 
     Keyword arguments override the space's ``search``/``train``/``data`` sections, exactly like
-    the CLI flags of the same names.
+    the CLI flags of the same names. Ray always runs with token authentication
+    (:mod:`nas_attn.cluster`); ``allow_unauthenticated_cluster`` lets ``address`` name a
+    cluster that runs without it.
     """
+    if address is None and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        # First: before any work, and before `import ray`, which reads whether a new node may
+        # take 127.0.0.1 only then.
+        from .cluster import ClusterError, prepare_local_environment
+        try:
+            prepare_local_environment()
+        except ClusterError as exc:
+            raise SearchError(str(exc)) from None
     _check_address(address)
     if resume is not None:
         run_dir = Path(resume).resolve()
@@ -453,7 +458,7 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "digits_resnet", *, trials
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started_ray = not ray.is_initialized()
     if started_ray:
-        _init_ray(address, verbose, num_cpus)
+        _init_ray(address, verbose, num_cpus, allow_unauthenticated_cluster)
     try:
         return _run(space, run_dir, resume is not None, verbose)
     finally:

@@ -201,7 +201,6 @@ def isolated_ray_env() -> Dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     env["RAY_TMPDIR"] = str(folder)
     env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    env.setdefault("RAY_AUTH_MODE", "disabled")
     env.pop("RAY_ADDRESS", None)
     return env
 

@@ -364,7 +364,7 @@ def main(argv=None) -> int:
 
     # One private Ray for every search (see bench_search.isolated_ray_env), started before any search.
     os.environ.update({k: v for k, v in common.isolated_ray_env().items()
-                       if k in ("RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")})
+                       if k in ("RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")})
     os.environ.pop("RAY_ADDRESS", None)
     space = common.bench_space(args.space, trials, epochs, args.quick)
     out = Path(args.out) if args.out else Path(f"/tmp/bench_search_quality-{time.strftime('%Y%m%d-%H%M%S')}")

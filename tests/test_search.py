@@ -50,8 +50,8 @@ def tiny_space_file(tmp_path):
 @pytest.fixture(autouse=True)
 def loopback_env(monkeypatch):
     # Keep Ray on 127.0.0.1 (DESIGN.md): otherwise it swaps in the external interface address.
+    # conftest.py sets it (with the session's Ray token) before Ray is first imported.
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     yield
     import ray
     if ray.is_initialized():
