@@ -18,6 +18,19 @@ residual); ``"none"`` empties the slot, also removing attention the base model h
 depthwise ``conv_dw``) by an :class:`~nas_attn.modules.AWConv2d`. Blocks not listed keep
 what the base model has.
 
+Cost knobs (width, depth, expansion ratio, depthwise kernel) are timm's own model arguments,
+so rebuilding needs nothing but the Arch:
+
+* ResNet: ``model_args`` carries ``layers`` (blocks per stage) and ``channels`` (base width per
+  stage), the arguments timm's ``ResNet`` takes.
+* MobileNetV2 (``mobilenetv2_035`` ... ``mobilenetv2_140``): the optional key ``arch_def``
+  holds timm's block strings, one list per stage and one string per block with its final
+  channels (``[["ds_r1_k3_s1_c16"], ["ir_r1_k5_s2_e3_c24", "ir_r1_k3_s2_e6_c24"], ...]``).
+  timm's ``decode_arch_def`` reads them and its EfficientNet builder (``_create_effnet``)
+  builds the model with the entrypoint's other settings (stem, head, ReLU6); the
+  ``mobilenetv2_*`` entrypoints fix their own block list and multiplier, so they cannot take
+  one. The builder gives a stage's stride to its first block only.
+
 ``stem: cifar`` adapts the stem to small images: a ResNet's 7x7/2 conv + max-pool become one
 3x3/1 conv (the usual CIFAR ResNet stem); an EfficientNet/MobileNetV2 stem conv gets stride 1.
 Either keeps 4x more resolution in every stage, so spatial attention has something to see.
@@ -41,6 +54,14 @@ from timm.models.resnet import ResNet
 from .modules import AWConv2d, create_attn
 
 ENTRYPOINT = "nas_attn_cnn"
+ARCH_KEYS = ("model", "model_args", "stem", "blocks", "arch_def")
+#: MobileNetV2 entrypoints whose block list an Arch may replace, with their channel multiplier.
+MOBILENETV2_MULTIPLIERS = {"mobilenetv2_035": 0.35, "mobilenetv2_050": 0.5, "mobilenetv2_075": 0.75,
+                           "mobilenetv2_100": 1.0, "mobilenetv2_140": 1.4}
+#: timm's mobilenetv2 block list (efficientnet._gen_mobilenet_v2), before the channel multiplier.
+MOBILENETV2_ARCH_DEF = (("ds_r1_k3_s1_c16",), ("ir_r2_k3_s2_e6_c24",), ("ir_r3_k3_s2_e6_c32",),
+                        ("ir_r4_k3_s2_e6_c64",), ("ir_r3_k3_s1_e6_c96",), ("ir_r3_k3_s2_e6_c160",),
+                        ("ir_r1_k3_s1_e6_c320",))
 STEMS = ("default", "cifar")
 Arch = Dict[str, Any]
 
@@ -149,14 +170,64 @@ def _apply_stem(model: nn.Module, stem: str) -> None:
 def _check_arch(arch: Any) -> Arch:
     if not isinstance(arch, dict):
         raise ArchError(f"an Arch is a dict with keys model, model_args, stem, blocks; got {type(arch).__name__}")
-    unknown = set(arch) - {"model", "model_args", "stem", "blocks"}
+    unknown = set(arch) - set(ARCH_KEYS)
     if unknown:
-        raise ArchError(f"Arch has unknown keys {sorted(unknown)}; expected model, model_args, stem, blocks")
+        raise ArchError(f"Arch has unknown keys {sorted(unknown)}; expected {', '.join(ARCH_KEYS)}")
     if not isinstance(arch.get("model"), str) or not timm.is_model(arch["model"]):
         raise ArchError(f"Arch 'model' must name a timm model, got {arch.get('model')!r}")
     if arch.get("stem", "default") not in STEMS:
         raise ArchError(f"Arch 'stem' must be one of {STEMS}, got {arch.get('stem')!r}")
+    if "arch_def" in arch:
+        if arch["model"] not in MOBILENETV2_MULTIPLIERS:
+            raise ArchError(f"Arch 'arch_def' (blocks of an inverted-residual net) needs one of "
+                            f"{', '.join(MOBILENETV2_MULTIPLIERS)}, got model {arch['model']!r}")
+        stages = arch["arch_def"]
+        if (not isinstance(stages, (list, tuple)) or not stages
+                or not all(isinstance(st, (list, tuple)) and st and all(isinstance(b, str) for b in st)
+                           for st in stages)):
+            raise ArchError("Arch 'arch_def' must be a non-empty list of stages, each a non-empty list "
+                            f"of timm block strings such as 'ir_r1_k3_s2_e6_c24'; got {stages!r}")
     return arch
+
+
+def mobilenetv2_arch_def(model_name: str):
+    """The per-block timm block strings of a mobilenetv2_* model, channels multiplied and rounded
+    as timm rounds them (``round_channels``, divisor 8): one string per block, ``r1`` each."""
+    from timm.models._efficientnet_builder import round_channels
+    multiplier = MOBILENETV2_MULTIPLIERS[model_name]
+    stages = []
+    for (stage,) in MOBILENETV2_ARCH_DEF:
+        parts = stage.split("_")
+        repeats = int(next(p for p in parts if p.startswith("r"))[1:])
+        channels = round_channels(int(next(p for p in parts if p.startswith("c"))[1:]), multiplier)
+        block = "_".join("r1" if p.startswith("r") else f"c{channels}" if p.startswith("c") else p for p in parts)
+        stages.append([block] * repeats)
+    return stages
+
+
+def _create_mobilenetv2(model_name: str, arch_def, **model_args) -> nn.Module:
+    """A mobilenetv2_* model with its block list replaced, built by timm's EfficientNet builder.
+
+    Channels in ``arch_def`` are final; the stem and head widths follow the entrypoint's
+    multiplier exactly as ``_gen_mobilenet_v2`` computes them.
+    """
+    from functools import partial
+    from timm.layers import get_act_layer
+    from timm.models._efficientnet_builder import decode_arch_def, round_channels
+    from timm.models.efficientnet import _create_effnet
+    multiplier = MOBILENETV2_MULTIPLIERS[model_name]
+    try:
+        block_args = decode_arch_def([list(stage) for stage in arch_def])
+    except Exception as exc:  # timm's decoder raises AssertionError/ValueError on a bad string
+        raise ArchError(f"Arch 'arch_def': timm cannot decode {arch_def!r}: {exc}") from None
+    model_args = dict(model_args)
+    act_layer = get_act_layer(model_args.pop("act_layer", "relu6"))
+    return _create_effnet(
+        model_name, False, block_args=block_args,
+        num_features=max(1280, round_channels(1280, multiplier)),
+        stem_size=round_channels(32, multiplier), fix_stem=True,
+        # Channels in arch_def are final: rounding them again to a multiple of 8 leaves them as they are.
+        round_chs_fn=partial(round_channels, multiplier=1.0), act_layer=act_layer, **model_args)
 
 
 def build_model(arch: Arch, **model_overrides) -> nn.Module:
@@ -167,7 +238,10 @@ def build_model(arch: Arch, **model_overrides) -> nn.Module:
     """
     arch = _check_arch(arch)
     model_args = {**arch.get("model_args", {}), **model_overrides}
-    model = timm.create_model(arch["model"], pretrained=False, **model_args)
+    if "arch_def" in arch:
+        model = _create_mobilenetv2(arch["model"], arch["arch_def"], **model_args)
+    else:
+        model = timm.create_model(arch["model"], pretrained=False, **model_args)
     _apply_stem(model, arch.get("stem", "default"))
     sites = attention_sites(model)
     for block_name, choice in arch.get("blocks", {}).items():

@@ -30,18 +30,15 @@ def _kwarg_combinations(params) -> List[Dict[str, Any]]:
 
 
 def mac_range(space) -> Tuple[float, float, float]:
-    """(base MACs, cheapest, dearest) over the space, per image.
+    """(baseline MACs, cheapest, dearest) over the space, per image.
 
-    Attention and AW-conv costs are additive over blocks, so each decision's cheapest and
-    dearest option is found on its own: every module at the ends of its hyperparameter ranges
-    (at most 16 combinations) is measured on the feature map its block gives it.
+    The cheapest (dearest) structure sets every cost knob to its smallest (largest) value,
+    since MACs grow with width, depth, expansion and kernel. Attention and AW-conv costs are
+    additive over blocks, so each decision's cheapest and dearest option is found on its own:
+    every module at the ends of its hyperparameter ranges (at most 16 combinations) is measured
+    on the feature map its block has in that structure.
     """
-    base_arch = {"model": space.model["name"], "model_args": space.model["args"],
-                 "stem": space.model["stem"], "blocks": {}}
-    model = build_model(base_arch)
-    base = measure(model, space.input_size).macs
-    sites = attention_sites(model)
-    shapes = site_shapes(model, space.input_size)
+    base = measure(build_model(space.baseline()), space.input_size).macs
     cache: Dict[tuple, float] = {}
 
     def attn_delta(name, kwargs, shape):
@@ -51,31 +48,49 @@ def mac_range(space) -> Tuple[float, float, float]:
             cache[key] = 0.0 if module is None else _module_cost(module, shape).macs
         return cache[key]
 
-    def aw_delta(block, kwargs):
-        conv = getattr(sites[block].block, sites[block].conv_attr)
-        shape = shapes[block]["conv"]
-        key = ("aw", block, tuple(sorted(kwargs.items())))
-        if key not in cache:
-            cache[key] = _module_cost(AWConv2d.from_conv(conv, **kwargs), shape).macs - _module_cost(conv, shape).macs
-        return cache[key]
+    ends = []
+    for largest, pick in ((False, min), (True, max)):
+        model = build_model(space.extreme_arch(largest))
+        total = measure(model, space.input_size).macs
+        sites = attention_sites(model)
+        shapes = site_shapes(model, space.input_size)
 
-    low = high = base
-    for decision in space.decisions:
-        rule = decision.rule
-        attn_options = []
-        for name, params in rule.attention.items():
-            for kwargs in _kwarg_combinations(params):
-                attn_options.append(sum(attn_delta(name, kwargs, shapes[b]["slot"]) for b in decision.blocks))
-        aw_options = []
-        for use in rule.aw_conv:
-            if not use:
-                aw_options.append(0.0)
-            else:
-                for kwargs in _kwarg_combinations(rule.aw_conv_params):
-                    aw_options.append(sum(aw_delta(b, kwargs) for b in decision.blocks))
-        low += min(attn_options) + min(aw_options)
-        high += max(attn_options) + max(aw_options)
-    return base, low, high
+        def aw_delta(block, kwargs):
+            conv = getattr(sites[block].block, sites[block].conv_attr)
+            shape = shapes[block]["conv"]
+            key = ("aw", largest, block, tuple(sorted(kwargs.items())))
+            if key not in cache:
+                cache[key] = (_module_cost(AWConv2d.from_conv(conv, **kwargs), shape).macs
+                              - _module_cost(conv, shape).macs)
+            return cache[key]
+
+        for decision in space.decisions:
+            present = [b for b in decision.blocks if b in sites]
+            if not present:
+                continue
+            rule = decision.rule
+            attn_options = [sum(attn_delta(name, kwargs, shapes[b]["slot"]) for b in present)
+                            for name, params in rule.attention.items() for kwargs in _kwarg_combinations(params)]
+            aw_options = []
+            for use in rule.aw_conv:
+                if not use:
+                    aw_options.append(0.0)
+                else:
+                    aw_options.extend(sum(aw_delta(b, kwargs) for b in present)
+                                      for kwargs in _kwarg_combinations(rule.aw_conv_params))
+            total += pick(attn_options) + pick(aw_options)
+        ends.append(total)
+    return base, ends[0], ends[1]
+
+
+def _stage_text(space) -> List[str]:
+    lines = []
+    for stage in space.stages:
+        if stage.rule is None:
+            continue
+        knobs = ", ".join(f"{k} {_param_text(p)}" for k, p in stage.rule.knobs.items())
+        lines.append(f"    {stage.name:<12} {stage.channels} channels x {len(stage.blocks)} blocks (base): {knobs}")
+    return lines
 
 
 def _choices_text(rule) -> str:
@@ -86,11 +101,12 @@ def _choices_text(rule) -> str:
             parts.append(f"{name}({hp})")
         else:
             parts.append(name)
+    knobs = "".join(f" | {k} {_param_text(p)}" for k, p in rule.knobs.items())
     aw = {(False,): "", (True,): " + aw_conv always", (False, True): " | aw_conv: no/yes",
           (True, False): " | aw_conv: yes/no"}[rule.aw_conv]
     if rule.aw_conv_params and True in rule.aw_conv:
         aw += "(" + ", ".join(f"{k}={_param_text(p)}" for k, p in rule.aw_conv_params.items()) + ")"
-    return ", ".join(parts) + aw
+    return ", ".join(parts) + aw + knobs
 
 
 def _param_text(p) -> str:
@@ -119,6 +135,11 @@ def describe_space(space, detail: bool = False) -> str:
                                          for o in space.objectives)]
     if space.constraints:
         lines.append("  constraints " + ", ".join(f"{k} {v:g}" for k, v in space.constraints.items()))
+    stage_lines = _stage_text(space)
+    if stage_lines:
+        lines.append(f"  stages     {len(stage_lines)} of {len(space.stages)} with cost knobs "
+                     f"(channel divisor {space.channel_divisor})")
+        lines.extend(stage_lines)
     searched = {b: d for d in space.decisions for b in d.blocks}
     lines.append(f"  blocks     {len(searched)} of {len(shapes)} searched, in {len(space.decisions)} decisions")
     if detail:
@@ -138,7 +159,7 @@ def describe_space(space, detail: bool = False) -> str:
     count_text = f"{count:,.0f}" if math.isfinite(count) else "infinite (continuous hyperparameters)"
     lines.append(f"  architectures {count_text}; {space.structure_count():,} module structures")
     base, low, high = mac_range(space)
-    lines.append(f"  MACs per image  base {format_count(base, 'MACs')}, cheapest {format_count(low, 'MACs')}, "
+    lines.append(f"  MACs per image  baseline {format_count(base, 'MACs')}, cheapest {format_count(low, 'MACs')}, "
                  f"dearest {format_count(high, 'MACs')}")
     return "\n".join(lines)
 

@@ -7,13 +7,17 @@ shipped in ``search_spaces/`` by name, checks every key before any trial runs, a
 The format (README "Search spaces" documents every key)::
 
     name: digits_resnet
-    model: {name: resnet18, args: {num_classes: 10, in_chans: 1}, stem: default}
+    model: {name: resnet18, args: {num_classes: 10, in_chans: 1}, stem: default, channel_divisor: 8}
     data: {dataset: digits, image_size: 32, val_fraction: 0.2}
     train: {epochs: 4, batch_size: 64, lr: 0.05}
     objectives:
       - {metric: accuracy, direction: maximize, ref: 0.0}
       - {metric: effective_macs, direction: minimize, ref: 6.0e7}
     constraints: {max_params: 12.0e6}
+    stages:                       # cost knobs, per stage (layer1..4; blocks.0..6 in MobileNetV2)
+      "layer*":
+        width: {choices: [0.5, 1.0]}    # multiplier of the base channels (or channels: [...])
+        depth: {choices: [1, 2]}        # blocks kept, from the first
     blocks:
       "layer*.*":
         attention:
@@ -39,7 +43,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 
 from . import modules as attn_modules
-from .arch import STEMS, Arch, ArchError, attention_sites, build_model
+from .arch import (MOBILENETV2_MULTIPLIERS, STEMS, Arch, ArchError, attention_sites, build_model, family,
+                   mobilenetv2_arch_def)
 
 #: Metrics a trial reports, usable as objectives, with the direction that is better and the unit.
 METRICS = {
@@ -52,7 +57,10 @@ METRICS = {
 }
 SAMPLERS = ("tpe", "nsga2", "random")
 OPTIMIZERS = ("sgd", "adamw")
-TOP_LEVEL_KEYS = ("name", "model", "data", "train", "objectives", "constraints", "blocks", "search")
+TOP_LEVEL_KEYS = ("name", "model", "data", "train", "objectives", "constraints", "stages", "blocks", "search")
+STAGE_KEYS = ("width", "channels", "depth")
+#: Per-block knobs of inverted residuals (MobileNetV2): the block-string letters timm decodes.
+BLOCK_KNOBS = {"expansion": "e", "kernel": "k"}
 
 
 class SpaceError(ValueError):
@@ -288,10 +296,33 @@ class BlockRule:
     aw_conv: Tuple[bool, ...]                 # allowed values: (False,), (True,), (False, True)
     aw_conv_params: Dict[str, Param]
     tie_stage: bool
+    knobs: Dict[str, Param] = field(default_factory=dict)   # expansion, kernel
+    knob_lines: Dict[str, tuple] = field(default_factory=dict)  # knob -> key path (for errors)
+
+
+def _parse_knob(knob: str, value, path, check: _Checker) -> Param:
+    """A cost knob's values: choices or a fixed value (int ranges for depth), checked one by one."""
+    param = _parse_param(value, path, check)
+    if param.kind == "float":
+        check.fail(path, f"give {knob} as choices or a fixed value, not a float range")
+    if param.kind == "int" and knob != "depth":
+        check.fail(path, f"give {knob} as choices or a fixed value, not an int range")
+    values = list(range(param.low, param.high + 1)) if param.kind == "int" else param.extremes()
+    for i, v in enumerate(values):
+        where = path + (("choices", i) if param.kind == "choice" else ())
+        integer = knob in ("channels", "depth", "kernel")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            check.fail(where, f"{knob} values must be {'integers' if integer else 'numbers'}, got {_kind(v)}")
+        if v <= 0 or (isinstance(v, float) and not math.isfinite(v)):
+            check.fail(where, f"{knob} values must be > 0, got {v}")
+        if knob == "kernel" and v % 2 == 0:
+            check.fail(where, f"kernel must be odd (an even depthwise kernel changes the map size "
+                              f"and breaks the residual), got {v}")
+    return param
 
 
 def _parse_block_rule(glob, value, path, check: _Checker) -> BlockRule:
-    check.mapping(value, path, ("attention", "aw_conv", "tie"))
+    check.mapping(value, path, ("attention", "aw_conv", "tie", *BLOCK_KNOBS))
     attention: Dict[str, Dict[str, Param]] = {"none": {}}
     if "attention" in value:
         spec = value["attention"]
@@ -348,7 +379,35 @@ def _parse_block_rule(glob, value, path, check: _Checker) -> BlockRule:
     tie = value.get("tie")
     if tie is not None:
         check.one_of(tie, path + ("tie",), ("stage",))
-    return BlockRule(str(glob), attention, aw_values, aw_params, tie == "stage")
+    knobs = {k: _parse_knob(k, value[k], path + (k,), check) for k in BLOCK_KNOBS if k in value}
+    return BlockRule(str(glob), attention, aw_values, aw_params, tie == "stage", knobs,
+                     {k: path + (k,) for k in knobs})
+
+
+@dataclass(frozen=True)
+class StageRule:
+    """What one glob under ``stages`` allows: width (multiplier) or channels, and depth."""
+    glob: str
+    knobs: Dict[str, Param]
+    path: tuple
+
+
+def _parse_stage_rule(glob, value, path, check: _Checker) -> StageRule:
+    check.mapping(value, path, STAGE_KEYS)
+    if "width" in value and "channels" in value:
+        check.fail(path, "give width (a multiplier of the base channels) or channels, not both")
+    if not value:
+        check.fail(path, f"expected at least one of {', '.join(STAGE_KEYS)}")
+    return StageRule(str(glob), {k: _parse_knob(k, v, path + (k,), check) for k, v in value.items()}, path)
+
+
+@dataclass
+class Stage:
+    """One stage of the base model: its name, base channels and blocks, and the rule over it."""
+    name: str
+    channels: int
+    blocks: List[str]
+    rule: Optional[StageRule] = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,7 +426,7 @@ class Decision:
             total += math.prod(p.count() for p in params.values()) if params else 1
         aw = sum(math.prod(p.count() for p in self.rule.aw_conv_params.values()) if v else 1
                  for v in self.rule.aw_conv)
-        return total * aw
+        return total * aw * math.prod(p.count() for p in self.rule.knobs.values())
 
 
 @dataclass
@@ -384,23 +443,79 @@ class SearchSpace:
     decisions: List[Decision]
     raw: Dict[str, Any] = field(repr=False, default_factory=dict)
 
+    stages: List[Stage] = field(default_factory=list)
+    family: str = "resnet"
+    channel_divisor: int = 8
+    base_arch_def: Optional[List[List[str]]] = None   # MobileNetV2: timm block strings per block
+
     # -- architectures ------------------------------------------------------------------
-    def _arch(self, choose) -> Arch:
-        blocks = {}
+    @property
+    def has_knobs(self) -> bool:
+        """Whether any stage or block rule searches width, depth, expansion or kernel."""
+        return any(st.rule for st in self.stages) or any(d.rule.knobs for d in self.decisions)
+
+    def _stage_channels(self, stage: Stage, knob: str, value) -> int:
+        if knob == "channels":
+            return int(value)
+        from timm.layers import make_divisible
+        return int(make_divisible(stage.channels * value, self.channel_divisor))
+
+    def _arch(self, choose, choose_stage=None, choose_knobs=None) -> Arch:
+        """Arch from three choosers, called in this order: ``choose_stage(stage, knob, param)``
+        for each stage knob, ``choose_knobs(decision, knob, param, blocks)`` and ``choose(decision,
+        blocks)`` for each decision that still has blocks once the depths are known."""
+        depth, channels = {}, {}
+        for stage in self.stages:
+            depth[stage.name], channels[stage.name] = len(stage.blocks), stage.channels
+            if stage.rule is None or choose_stage is None:
+                continue
+            for knob, param in stage.rule.knobs.items():
+                value = choose_stage(stage, knob, param)
+                if knob == "depth":
+                    depth[stage.name] = int(value)
+                else:
+                    channels[stage.name] = self._stage_channels(stage, knob, value)
+        kept = {b for st in self.stages for b in st.blocks[:depth[st.name]]}
+        blocks, block_knobs = {}, {}
         for decision in self.decisions:
-            choice = choose(decision)
-            for block in decision.blocks:
+            present = [b for b in decision.blocks if b in kept]
+            if not present:
+                continue  # removed by a depth choice: asks the sampler nothing
+            if choose_knobs is not None:
+                for knob, param in decision.rule.knobs.items():
+                    value = choose_knobs(decision, knob, param, present)
+                    for block in present:
+                        block_knobs.setdefault(block, {})[knob] = value
+            choice = choose(decision, present)
+            for block in present:
                 blocks[block] = copy.deepcopy(choice)
-        return {"model": self.model["name"], "model_args": copy.deepcopy(self.model["args"]),
+        arch = {"model": self.model["name"], "model_args": copy.deepcopy(self.model["args"]),
                 "stem": self.model["stem"], "blocks": blocks}
+        if not self.has_knobs:
+            return arch
+        if self.family == "resnet":
+            arch["model_args"]["layers"] = [depth[st.name] for st in self.stages]
+            arch["model_args"]["channels"] = [channels[st.name] for st in self.stages]
+        else:
+            arch["arch_def"] = [[_block_string(self.base_arch_def[i][j], channels[st.name], block_knobs.get(b, {}))
+                                 for j, b in enumerate(st.blocks[:depth[st.name]])]
+                                for i, st in enumerate(self.stages)]
+        return arch
 
     def sample(self, trial) -> Arch:
         """Sample an Arch inside an Optuna define-by-run function.
 
         A module's hyperparameters are suggested only when that module is chosen, so they
         are conditional in the study (``layer1.0.dsa.threshold`` exists only in DSA trials).
+        Stage knobs come first; a block that a depth choice removes asks nothing.
         """
-        def choose(decision: Decision):
+        def choose_stage(stage, knob, param):
+            return param.suggest(trial, f"{stage.name}.{knob}")
+
+        def choose_knobs(decision, knob, param, present):
+            return param.suggest(trial, f"{decision.unit}.{knob}")
+
+        def choose(decision: Decision, present):
             rule, unit = decision.rule, decision.unit
             names = list(rule.attention)
             name = trial.suggest_categorical(f"{unit}.attention", names) if len(names) > 1 else names[0]
@@ -410,24 +525,56 @@ class SearchSpace:
             aw = ({hp: p.suggest(trial, f"{unit}.aw_conv.{hp}") for hp, p in rule.aw_conv_params.items()}
                   if use_aw else None)
             return {"attention": name, "attention_kwargs": kwargs, "aw_conv": aw}
-        return self._arch(choose)
+        return self._arch(choose, choose_stage, choose_knobs)
+
+    def _base_knob(self, stage_or_blocks, knob: str):
+        """The base model's value of a knob: width 1.0, its channels, all blocks, its e/k."""
+        if knob == "width":
+            return 1.0
+        if knob == "channels":
+            return stage_or_blocks.channels
+        if knob == "depth":
+            return len(stage_or_blocks.blocks)
+        stage_index, block_index = (int(x) for x in stage_or_blocks[0].split(".")[1:3])
+        return _block_value(self.base_arch_def[stage_index][block_index], BLOCK_KNOBS[knob])
 
     def baseline(self) -> Arch:
-        """The Arch with no attention and no AW-conv in any searched block."""
-        return self._arch(lambda d: {"attention": "none", "attention_kwargs": {}, "aw_conv": None})
+        """The base model as the space declares it (full width and depth, base expansion and
+        kernels) with no attention and no AW-conv in any searched block."""
+        return self._arch(lambda d, present: {"attention": "none", "attention_kwargs": {}, "aw_conv": None},
+                          lambda st, knob, p: self._base_knob(st, knob),
+                          lambda d, knob, p, present: self._base_knob(present, knob))
+
+    def extreme_arch(self, largest: bool) -> Arch:
+        """No attention, every knob at its smallest (or largest) value: the cheapest (dearest)
+        structure, since MACs grow with width, depth, expansion and kernel."""
+        pick = max if largest else min
+        return self._arch(lambda d, present: {"attention": "none", "attention_kwargs": {}, "aw_conv": None},
+                          lambda st, knob, p: pick(_knob_values(p)),
+                          lambda d, knob, p, present: pick(_knob_values(p)))
 
     def baseline_params(self) -> Dict[str, Any]:
         """Optuna parameters that make :meth:`sample` return the baseline (for enqueueing it).
 
-        Decisions whose choices lack ``none``/``false`` cannot reach the baseline: their
-        parameters are left to the sampler, and :meth:`baseline` is then outside the space.
+        Decisions whose choices lack ``none``/``false`` (or knobs whose values lack the base
+        model's) cannot reach the baseline: their parameters are left to the sampler, and
+        :meth:`baseline` is then outside the space.
         """
         params = {}
+        for stage in self.stages:
+            for knob, param in (stage.rule.knobs.items() if stage.rule else ()):
+                base = self._base_knob(stage, knob)
+                if param.kind != "fixed" and base in _knob_values(param):
+                    params[f"{stage.name}.{knob}"] = base
         for d in self.decisions:
             if len(d.rule.attention) > 1 and "none" in d.rule.attention:
                 params[f"{d.unit}.attention"] = "none"
             if len(d.rule.aw_conv) > 1:
                 params[f"{d.unit}.aw_conv"] = False
+            for knob, param in d.rule.knobs.items():
+                base = self._base_knob(d.blocks, knob)
+                if param.kind != "fixed" and base in _knob_values(param):
+                    params[f"{d.unit}.{knob}"] = base
         return params
 
     def build(self, arch: Arch):
@@ -441,12 +588,18 @@ class SearchSpace:
         return (self.model["args"].get("in_chans", 3), size, size)
 
     def count_architectures(self) -> float:
-        """How many distinct architectures the space holds (``inf`` with float ranges)."""
-        return math.prod(d.count() for d in self.decisions)
+        """How many distinct architectures the space holds (``inf`` with float ranges); an upper
+        bound with depth knobs, which remove blocks and the choices they would have had."""
+        return math.prod(d.count() for d in self.decisions) * self._stage_count()
+
+    def _stage_count(self) -> int:
+        return math.prod(p.count() for st in self.stages if st.rule for p in st.rule.knobs.values())
 
     def structure_count(self) -> int:
-        """Architectures counting module choices only (hyperparameters ignored)."""
-        return math.prod(len(d.rule.attention) * len(d.rule.aw_conv) for d in self.decisions)
+        """Architectures counting module choices and cost knobs only (module hyperparameters ignored)."""
+        return math.prod(len(d.rule.attention) * len(d.rule.aw_conv)
+                         * math.prod(p.count() for p in d.rule.knobs.values())
+                         for d in self.decisions) * self._stage_count()
 
     def objective_metrics(self) -> List[str]:
         return [o["metric"] for o in self.objectives]
@@ -471,6 +624,36 @@ class SearchSpace:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.raw, sort_keys=False)
+
+
+def _knob_values(param: Param) -> list:
+    """Every value a (non-float) knob can take."""
+    if param.kind == "int":
+        return list(range(param.low, param.high + 1))
+    return list(param.choices) if param.kind == "choice" else [param.value]
+
+
+def _block_value(block: str, letter: str) -> float:
+    """The number after ``_<letter>`` in a timm block string (``ir_r1_k3_s2_e6_c24``, ``k`` -> 3)."""
+    for part in block.split("_")[1:]:
+        if part.startswith(letter) and part[len(letter):].replace(".", "", 1).isdigit():
+            value = float(part[len(letter):])
+            return int(value) if value.is_integer() else value
+    raise ValueError(f"block string {block!r} has no '{letter}' option")
+
+
+def _block_string(block: str, channels: int, knobs: Dict[str, Any]) -> str:
+    """A timm block string with its channels and any expansion/kernel replaced."""
+    new = {"c": channels, **{BLOCK_KNOBS[k]: v for k, v in knobs.items()}}
+    parts = block.split("_")
+    out = [parts[0]]
+    for part in parts[1:]:
+        letter = part[0]
+        if letter in new and part[1:].replace(".", "", 1).isdigit():
+            value = new[letter]
+            part = f"{letter}{int(value) if float(value).is_integer() else value}"
+        out.append(part)
+    return "_".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,7 +711,7 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     check.string(name, ("name",))
 
     # model
-    model = check.mapping(doc["model"], ("model",), ("name", "args", "stem"), required=("name",))
+    model = check.mapping(doc["model"], ("model",), ("name", "args", "stem", "channel_divisor"), required=("name",))
     import timm
     model_name = check.string(model["name"], ("model", "name"))
     if not timm.is_model(model_name):
@@ -538,6 +721,7 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     if not isinstance(args, dict):
         check.fail(("model", "args"), f"expected a mapping of timm create_model arguments, got {_kind(args)}")
     stem = check.one_of(model.get("stem", "default"), ("model", "stem"), STEMS)
+    divisor = check.number(model.get("channel_divisor", 8), ("model", "channel_divisor"), low=1, integer=True)
     model = {"name": model_name, "args": args, "stem": stem}
 
     # data
@@ -548,7 +732,7 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     check.number(data["val_fraction"], ("data", "val_fraction"), low=0, low_inclusive=False, high=0.9)
     if data["root"] is not None and not isinstance(data["root"], str):
         check.fail(("data", "root"), f"expected a folder path, got {_kind(data['root'])}")
-    if data["dataset"] != "digits" and data["root"] is None:
+    if data["dataset"] not in ("digits", "cluttered_digits") and data["root"] is None:
         check.fail(("data",), f"dataset {data['dataset']} needs 'root': the folder that holds it "
                               f"(or pass --data-root)")
     if not isinstance(data["augment"], bool):
@@ -618,19 +802,104 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     if not isinstance(blocks_doc, dict) or not blocks_doc:
         check.fail(("blocks",), f"expected a mapping of block globs to settings, got {_kind(blocks_doc)}")
     rules = [_parse_block_rule(glob, value, ("blocks", glob), check) for glob, value in blocks_doc.items()]
+    stages_doc = doc.get("stages") or {}
+    if not isinstance(stages_doc, dict):
+        check.fail(("stages",), f"expected a mapping of stage globs to width/channels/depth, got {_kind(stages_doc)}")
+    stage_rules = [_parse_stage_rule(glob, value, ("stages", glob), check) for glob, value in stages_doc.items()]
     try:
         probe = build_model({"model": model_name, "model_args": args, "stem": stem, "blocks": {}})
         sites = attention_sites(probe)
+        model_family = family(probe)
     except ArchError as exc:
         check.fail(("model", "name"), str(exc))
     except TypeError as exc:
         check.fail(("model", "args"), f"timm could not build {model_name} with these args: {exc}")
     decisions = _decisions(rules, list(sites), check)
+    stages, base_arch_def = _stages(probe, model_family, model_name, args, list(sites), stage_rules, rules, check)
+    _check_knobs(stages, decisions, model_family, base_arch_def, divisor, check)
+    if "channel_divisor" in doc["model"]:
+        model["channel_divisor"] = divisor
 
     raw = {"name": name, "model": model, "data": data, "train": train, "objectives": objectives,
-           "constraints": constraints, "blocks": blocks_doc, "search": search}
-    return SearchSpace(name=name, path=file, model=model, data=data, train=train, objectives=objectives,
-                       constraints=constraints, search=search, decisions=decisions, raw=raw)
+           "constraints": constraints, **({"stages": stages_doc} if stages_doc else {}),
+           "blocks": blocks_doc, "search": search}
+    space = SearchSpace(name=name, path=file, model=model, data=data, train=train, objectives=objectives,
+                        constraints=constraints, search=search, decisions=decisions, raw=raw, stages=stages,
+                        family=model_family, channel_divisor=divisor, base_arch_def=base_arch_def)
+    if space.has_knobs:
+        # timm's builder has the last word on what it can make: build the two extremes now,
+        # so a knob value it refuses fails here, not in a trial.
+        for largest in (False, True):
+            try:
+                build_model(space.extreme_arch(largest))
+            except Exception as exc:
+                first = next((st.rule.path for st in stages if st.rule), None) or next(
+                    iter(next(d.rule.knob_lines for d in decisions if d.rule.knobs).values()))
+                check.fail(first, f"timm cannot build the {'largest' if largest else 'smallest'} "
+                                  f"structure these knobs allow: {type(exc).__name__}: {exc}")
+    return space
+
+
+def _stages(probe, model_family: str, model_name: str, args: dict, block_names: List[str],
+            stage_rules: List["StageRule"], rules: List[BlockRule], check: _Checker):
+    """The base model's stages (name, channels, blocks) with the stage rule owning each, and
+    for MobileNetV2 its per-block timm block strings."""
+    needs_knobs = bool(stage_rules) or any(r.knobs for r in rules)
+    base_arch_def = None
+    names = list(dict.fromkeys(b.rsplit(".", 1)[0] for b in block_names))
+    blocks_of = {n: [b for b in block_names if b.rsplit(".", 1)[0] == n] for n in names}
+    if model_family == "resnet":
+        import inspect
+        from timm.models.resnet import ResNet
+        default = inspect.signature(ResNet.__init__).parameters["channels"].default
+        channels = list(args.get("channels", default))
+    else:
+        if needs_knobs and model_name not in MOBILENETV2_MULTIPLIERS:
+            check.fail(("stages",) if stage_rules else ("blocks",),
+                       f"cost knobs (width, depth, expansion, kernel) of inverted-residual nets need one of "
+                       f"{', '.join(MOBILENETV2_MULTIPLIERS)} (timm's block list is known for these); "
+                       f"got {model_name}")
+        base_arch_def = mobilenetv2_arch_def(model_name) if model_name in MOBILENETV2_MULTIPLIERS else None
+        channels = [int(_block_value(st[0], "c")) for st in base_arch_def] if base_arch_def else [0] * len(names)
+        if base_arch_def and [len(st) for st in base_arch_def] != [len(blocks_of[n]) for n in names]:
+            check.fail(("model", "args"), "model args change the block count of the model; cost knobs need "
+                                          "the entrypoint's own block list")
+    stages = [Stage(n, int(c), blocks_of[n]) for n, c in zip(names, channels)]
+    for rule in stage_rules:
+        matched = [st for st in stages if fnmatch.fnmatchcase(st.name, rule.glob)]
+        if not matched:
+            check.fail(rule.path, f"glob matches no stage of the model; its stages are "
+                                  f"{', '.join(st.name for st in stages)}")
+        for st in matched:
+            st.rule = rule  # a later glob overrides an earlier one
+    return stages, base_arch_def
+
+
+def _check_knobs(stages: List[Stage], decisions: List["Decision"], model_family: str, base_arch_def,
+                 divisor: int, check: _Checker) -> None:
+    """Every knob value must be one timm's builder can make for every stage/block it covers."""
+    for st in stages:
+        if st.rule is None:
+            continue
+        for knob, param in st.rule.knobs.items():
+            for i, value in enumerate(_knob_values(param)):
+                where = st.rule.path + (knob,) + (("choices", i) if param.kind == "choice" else ())
+                if knob == "depth" and value > len(st.blocks):
+                    check.fail(where, f"depth {value} is more than the {len(st.blocks)} block(s) of stage "
+                                      f"{st.name} (depth keeps the first N blocks, 1..{len(st.blocks)})")
+                if knob == "channels" and value % divisor:
+                    check.fail(where, f"channels {value} is not a positive multiple of the channel "
+                                      f"divisor {divisor} (model.channel_divisor)")
+    for d in decisions:
+        for knob, path in d.rule.knob_lines.items():
+            if model_family == "resnet":
+                check.fail(path, f"{knob} is a knob of inverted-residual blocks (MobileNetV2); ResNet "
+                                 f"blocks have none: use stages: width/channels/depth")
+            for block in d.blocks:
+                stage_index, block_index = (int(x) for x in block.split(".")[1:3])
+                if knob == "expansion" and not base_arch_def[stage_index][block_index].startswith("ir"):
+                    check.fail(path, f"block {block} is a depthwise-separable block without an expansion "
+                                     f"conv; expansion applies to inverted residuals ('ir' blocks)")
 
 
 def _decisions(rules: List[BlockRule], block_names: List[str], check: _Checker) -> List[Decision]:

@@ -456,3 +456,41 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "c" / "val").mkdir()
     with pytest.raises(DataError, match="train"):
         D.load("imagefolder", root=tmp_path / "c")
+
+
+def test_cluttered_digits_is_fixed_sized_and_holds_out_unseen_handwriting():
+    from nas_attn.data import CLUTTER_IMAGES, _digits_tensors, cluttered_digits
+    bundle = D.load("cluttered_digits", image_size=32, seed=5)
+    other = D.load("cluttered_digits", image_size=32, seed=0)
+    assert len(bundle.val) >= 2000 and len(bundle.train) + len(bundle.val) == CLUTTER_IMAGES
+    assert torch.equal(bundle.val.batch([0, 1])[0], other.val.batch([0, 1])[0])  # seed-independent
+    images, labels, train_idx, val_idx, _, sources = cluttered_digits()
+    assert images.shape == (CLUTTER_IMAGES, 1, 32, 32) and images.dtype == torch.uint8
+    assert not set(sources[train_idx]) & set(sources[val_idx])
+    digits, digit_labels, _ = _digits_tensors()
+    assert torch.equal(labels, digit_labels[torch.from_numpy(sources)])
+    counts = torch.bincount(labels[torch.from_numpy(val_idx)], minlength=10)
+    assert counts.min() > 0.7 * counts.float().mean()  # every class well represented
+    x, y = bundle.val.batch(torch.arange(64))
+    assert x.shape == (64, 1, 32, 32) and abs(float(bundle.train.batch(torch.arange(512))[0].mean())) < 0.2
+
+
+def test_cluttered_rendering_places_the_digit_inside_and_fragments_dimmer():
+    import numpy as np
+    from nas_attn.data import render_cluttered
+    square = torch.zeros(2, 1, 8, 8)
+    square[0] = 1.0  # the digit: a full bright square
+    square[1, :, 2:6, 2:6] = 1.0
+    rng = np.random.default_rng(0)
+    out = render_cluttered(square, np.array([0, 0, 0]), np.ones((3, 2), dtype=int), rng,
+                           canvas=32, digit_size=(8.0, 8.0), window=(8, 8), gain=(0.5, 0.5))
+    for image in out[:, 0].float() / 255:
+        bright = (image > 0.99).nonzero()
+        assert len(bright) >= 36  # the whole 8x8 digit (minus bilinear edges) is on the canvas
+        assert float(image.max()) == 1.0
+    # fragments (the full 8x8 window at gain 0.5) show at half intensity where they miss the digit
+    half = ((out.float() / 255 - 0.5).abs() < 0.01).flatten(1).sum(1)
+    assert int(half.max()) > 10
+    dim = render_cluttered(square, np.array([1]), np.ones((1, 0), dtype=int), rng, canvas=32,
+                           digit_size=(8.0, 8.0))
+    assert float(dim.float().max()) == 255.0

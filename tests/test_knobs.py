@@ -1,0 +1,166 @@
+"""Cost knobs: width, depth, expansion and kernel in the space, built through timm's own args."""
+import json
+import textwrap
+
+import optuna
+import pytest
+import timm
+import torch
+
+from nas_attn.arch import ArchError, build_model, mobilenetv2_arch_def
+from nas_attn.cost import measure
+from nas_attn.describe import mac_range
+from nas_attn.space import SpaceError, loads
+
+RESNET = textwrap.dedent("""\
+    name: knobs
+    model: {name: resnet18, args: {num_classes: 10, in_chans: 1, channels: [16, 32, 64, 128]}}
+    data: {dataset: digits, image_size: 32}
+    stages:
+      "layer*":
+        width: {choices: [0.5, 1.0]}
+        depth: {choices: [1, 2]}
+    blocks:
+      "layer[12].*":
+        attention:
+          choices: [none, se, dsa]
+          dsa: {threshold: {float: [0.1, 0.7]}}
+    """)
+
+MOBILENET = textwrap.dedent("""\
+    name: mnv2knobs
+    model: {name: mobilenetv2_050, args: {num_classes: 10, in_chans: 1}}
+    data: {dataset: digits, image_size: 32}
+    stages:
+      "blocks.[12]":
+        channels: {choices: [8, 16]}
+        depth: {int: [1, 2]}
+    blocks:
+      "blocks.[1-3].*":
+        attention: {choices: [none, eca]}
+        expansion: {choices: [3, 6]}
+        kernel: {choices: [3, 5]}
+    """)
+
+
+def sample(space, seed, n):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        arch = space.sample(trial)
+        out.append((trial.params, arch))
+    return out
+
+
+def test_resnet_knobs_become_timm_layers_and_channels():
+    space = loads(RESNET)
+    for params, arch in sample(space, 0, 6):
+        args = arch["model_args"]
+        assert args["layers"] == [params[f"layer{i}.depth"] for i in range(1, 5)]
+        assert args["channels"] == [int(c * params[f"layer{i}.width"]) for i, c in
+                                    zip(range(1, 5), (16, 32, 64, 128))]
+        model = build_model(arch)
+        plain = timm.create_model("resnet18", num_classes=10, in_chans=1, layers=args["layers"],
+                                  channels=args["channels"])
+        assert sum(p.numel() for p in model.parameters()) >= sum(p.numel() for p in plain.parameters())
+        # a block that the depth removed is neither in the Arch nor asked about
+        for i in range(1, 5):
+            removed = f"layer{i}.1"
+            if params[f"layer{i}.depth"] == 1 and i <= 2:
+                assert removed not in arch["blocks"]
+                assert not any(k.startswith(removed + ".") for k in params)
+            elif i <= 2:
+                assert removed in arch["blocks"] and f"{removed}.attention" in params
+
+
+def test_baseline_is_the_declared_model_and_baseline_params_reach_it():
+    space = loads(RESNET)
+    assert space.baseline()["model_args"]["layers"] == [2, 2, 2, 2]
+    assert space.baseline()["model_args"]["channels"] == [16, 32, 64, 128]
+    study = optuna.create_study()
+    study.enqueue_trial(space.baseline_params())
+    assert space.sample(study.ask()) == space.baseline()
+
+
+def test_mac_range_spans_the_knobs():
+    space = loads(RESNET)
+    base, low, high = mac_range(space)
+    smallest = measure(build_model(space.extreme_arch(False)), space.input_size).macs
+    assert base == measure(build_model(space.baseline()), space.input_size).macs
+    assert low == smallest  # none of the attention choices is cheaper than none
+    assert high >= base > 2 * low
+
+
+def test_mobilenetv2_arch_def_rebuilds_timm_exactly():
+    arch_def = mobilenetv2_arch_def("mobilenetv2_050")
+    assert arch_def[1] == ["ir_r1_k3_s2_e6_c16"] * 2
+    ours = build_model({"model": "mobilenetv2_050", "model_args": {"num_classes": 10}, "blocks": {},
+                        "arch_def": arch_def})
+    theirs = timm.create_model("mobilenetv2_050", num_classes=10)
+    assert str(ours) == str(theirs)
+    assert [t.shape for t in ours.state_dict().values()] == [t.shape for t in theirs.state_dict().values()]
+
+
+def test_mobilenetv2_knobs_reach_the_blocks():
+    space = loads(MOBILENET)
+    for params, arch in sample(space, 1, 2):
+        model = build_model(arch)
+        for stage in (1, 2):
+            blocks = model.blocks[stage]
+            assert len(blocks) == params[f"blocks.{stage}.depth"]
+            for j, block in enumerate(blocks):
+                assert block.conv_pwl.out_channels == params[f"blocks.{stage}.channels"]
+                assert block.conv_dw.kernel_size == (params[f"blocks.{stage}.{j}.kernel"],) * 2
+                assert block.conv_pw.out_channels == block.conv_pw.in_channels * params[f"blocks.{stage}.{j}.expansion"]
+            assert f"blocks.{stage}.1.kernel" in params if len(blocks) == 2 else f"blocks.{stage}.1.kernel" not in params
+        model(torch.zeros(2, 1, 32, 32))
+    json.dumps(arch)
+
+
+def test_knob_arch_reloads_through_the_timm_entrypoint(tmp_path):
+    space = loads(MOBILENET)
+    arch = sample(space, 2, 1)[0][1]
+    model = timm.create_model("nas_attn_cnn", arch=arch)
+    from timm.models import save_for_hf
+    save_for_hf(model, str(tmp_path), model_args={"arch": arch}, safe_serialization=True)
+    again = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+KNOB_ERRORS = {
+    "channels_not_multiple": (RESNET.replace("width: {choices: [0.5, 1.0]}", "channels: {choices: [16, 12]}"),
+                              6, 'stages."layer*".channels.choices[1]', "multiple of the channel divisor 8"),
+    "depth_zero": (RESNET.replace("depth: {choices: [1, 2]}", "depth: {choices: [0, 2]}"), 7,
+                   'stages."layer*".depth.choices[0]', "must be > 0"),
+    "depth_too_deep": (RESNET.replace("depth: {choices: [1, 2]}", "depth: {int: [1, 3]}"), 7,
+                       'stages."layer*".depth', "more than the 2 block(s) of stage layer1"),
+    "width_and_channels": (RESNET.replace("depth: {choices: [1, 2]}", "channels: [16]"), 5,
+                           'stages."layer*"', "not both"),
+    "stage_glob": (RESNET.replace('"layer*":', '"stage*":'), 5, 'stages."stage*"', "matches no stage"),
+    "expansion_on_resnet": (RESNET.replace("dsa: {threshold: {float: [0.1, 0.7]}}",
+                                           "dsa: {threshold: {float: [0.1, 0.7]}}\n    expansion: {choices: [3]}"),
+                            13, 'blocks."layer[12].*".expansion', "ResNet blocks have none"),
+    "even_kernel": (MOBILENET.replace("kernel: {choices: [3, 5]}", "kernel: {choices: [3, 4]}"), 12,
+                    'blocks."blocks.[1-3].*".kernel.choices[1]', "must be odd"),
+    "expansion_on_ds_block": (MOBILENET.replace('"blocks.[1-3].*"', '"blocks.[0-3].*"'), 11,
+                              'blocks."blocks.[0-3].*".expansion', "depthwise-separable"),
+    "float_expansion_range": (MOBILENET.replace("expansion: {choices: [3, 6]}", "expansion: {float: [3, 6]}"), 11,
+                              'blocks."blocks.[1-3].*".expansion', "not a float range"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KNOB_ERRORS))
+def test_bad_knob_names_file_line_key(case):
+    text, line, key, words = KNOB_ERRORS[case]
+    with pytest.raises(SpaceError) as info:
+        loads(text, file="k.yaml")
+    assert (info.value.line, info.value.key_path) == (line, key), str(info.value)
+    assert words in str(info.value)
+
+
+def test_arch_def_only_for_mobilenetv2():
+    with pytest.raises(ArchError, match="mobilenetv2_100"):
+        build_model({"model": "resnet18", "blocks": {}, "arch_def": [["ir_r1_k3_s1_e6_c16"]]})
+    with pytest.raises(ArchError, match="cannot decode"):
+        build_model({"model": "mobilenetv2_050", "blocks": {}, "arch_def": [["zz_r1_q3"]]})
