@@ -89,8 +89,13 @@ class AttentionSite:
 
     @property
     def stage(self) -> str:
-        """The stage a block belongs to (``layer3`` for ``layer3.1``, ``blocks.4`` for ``blocks.4.0``)."""
-        return self.block_name.rsplit(".", 1)[0]
+        """The stage this block belongs to (see :func:`stage_of`)."""
+        return stage_of(self.block_name)
+
+
+def stage_of(block: str) -> str:
+    """``layer2.1`` -> ``layer2``; ``blocks.4.0`` -> ``blocks.4``; a name without a dot is its own stage."""
+    return block.rsplit(".", 1)[0] if "." in block else block
 
 
 def family(model: nn.Module) -> str:
@@ -285,6 +290,14 @@ def arch_summary(arch: Arch) -> str:
         if choice.get("aw_conv") is not None:
             counts["aw_conv"] = counts.get("aw_conv", 0) + 1
     return ", ".join(f"{name} x{n}" for name, n in counts.items()) or "no attention"
+
+
+def is_baseline(arch: Optional[Arch]) -> bool:
+    """True for the Arch with no attention module and no AW-conv in any block."""
+    if not isinstance(arch, dict):
+        return False
+    return all(choice.get("attention", "none") == "none" and choice.get("aw_conv") is None
+               for choice in (arch.get("blocks") or {}).values())
 
 
 @register_model

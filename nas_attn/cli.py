@@ -10,7 +10,11 @@ import json
 import sys
 from typing import List, Optional
 
+from .metrics import X_METRICS
+
 REFERENCE_FEATURE_MAP = (256, 14, 14)
+REF_HELP = ("hypervolume reference point, one value per objective in the space's order "
+            "(default: the space's declared ref values)")
 
 
 def _parse_input(text: str):
@@ -31,6 +35,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _ref_argument(text: str) -> List[float]:
+    from .plot import PlotError, parse_ref
+    try:
+        return parse_ref(text)
+    except PlotError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _non_negative_float(text: str) -> float:
@@ -104,6 +116,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from pathlib import Path
+    from .plot import PlotError, plot_history, plot_runs
+    out = args.out
+    if out is None:
+        if len(args.run_dirs) > 1:
+            raise PlotError("--out is required with several results folders (one figure holds them all)")
+        out = Path(args.run_dirs[0]) / ("hypervolume.png" if args.history else "pareto.png")
+    if args.history:
+        if args.x is not None or args.logx:
+            raise PlotError("--x and --logx apply to the accuracy plot, not to --history")
+        written = plot_history(args.run_dirs, out, ref=args.ref)
+    else:
+        written = plot_runs(args.run_dirs, out, x=args.x, logx=args.logx, ref=args.ref)
+    print(f"wrote {written}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import HISTORY_FIGURE, PARETO_FIGURE, write_report
+    path = write_report(args.run_dir, ref=args.ref)
+    print(f"wrote {path} (with {PARETO_FIGURE} and {HISTORY_FIGURE})")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,10 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.set_defaults(func=cmd_export)
 
-    from .plot import add_plot_parser
-    from .report import add_report_parser
-    add_plot_parser(sub)
-    add_report_parser(sub)
+    p = sub.add_parser(
+        "plot", help="accuracy vs cost with the Pareto front (PNG, SVG or interactive HTML)",
+        description="Plot every finished trial of one or more results folders: cost on x, validation "
+                    "accuracy on y, the Pareto front, the baseline and the hypervolume with its "
+                    "reference point. --history plots hypervolume against trial number instead.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results folder(s) of nas-attn search")
+    p.add_argument("--out", help="output file: .png, .svg or .html (--history: .png or .svg); default "
+                                 "RUN_DIR/pareto.png or RUN_DIR/hypervolume.png for one run")
+    p.add_argument("--x", choices=X_METRICS, default=None,
+                   help="cost on the x axis (default: the space's cost objective, else effective_macs)")
+    p.add_argument("--logx", action="store_true", help="logarithmic x axis")
+    p.add_argument("--ref", type=_ref_argument, metavar="ACC,COST", help=REF_HELP)
+    p.add_argument("--history", action="store_true", help="plot hypervolume against trial number")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "report", help="write REPORT.md (Pareto table, module counts, figures) into a results folder",
+        description="Write REPORT.md, pareto.png and hypervolume.png into a results folder of nas-attn search.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of nas-attn search")
+    p.add_argument("--ref", type=_ref_argument, metavar="ACC,COST", help=REF_HELP)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from .arch import arch_summary, build_model, carried_pretrained_cfg
-from .search import SPACE_FILE, pareto_records, read_trials
-from .space import load as load_space
-from .trial import WEIGHTS_FILE
+from .metrics import METRICS
+from .results import (SPACE_FILE, WEIGHTS_FILE, ResultsError, check_folder, finished_records, load_space,
+                      pareto_records, read_trials)
 from .units import format_count
 
 
@@ -44,18 +44,19 @@ def select(run_dir: Union[str, os.PathLike], *, pareto: bool = False, trial: Opt
     direction for it; ``max_macs`` picks the most accurate finished trial with at most that many
     MACs per image.
     """
-    run_dir = Path(run_dir)
     chosen = [c for c in (pareto, trial is not None, best is not None, max_macs is not None) if c]
     if len(chosen) != 1:
         raise ExportError("choose exactly one of --pareto, --trial N, --best METRIC, --max-macs X")
-    if not (run_dir / SPACE_FILE).is_file():
-        raise ExportError(f"{run_dir} is not a nas-attn results folder (no {SPACE_FILE})")
-    records = read_trials(run_dir)
-    finished = [r for r in records if r["status"] == "ok"]
+    try:
+        run_dir = check_folder(run_dir, required=(SPACE_FILE,))
+        space = load_space(run_dir)
+        records = read_trials(run_dir)
+        finished = finished_records(run_dir, records, space.objectives)
+    except ResultsError as exc:
+        raise ExportError(str(exc)) from None
     if not finished:
         raise ExportError(f"{run_dir} has no finished trials to export "
                           f"({len(records)} trials recorded, none with status ok)")
-    space = load_space(run_dir / SPACE_FILE)
     if pareto:
         return pareto_records(records, space.objectives)
     if trial is not None:
@@ -67,11 +68,10 @@ def select(run_dir: Union[str, os.PathLike], *, pareto: bool = False, trial: Opt
             raise ExportError(f"trial {trial} did not finish (status {match[0]['status']}): nothing to export")
         return match
     if best is not None:
-        from .space import METRICS
         if best not in METRICS:
             raise ExportError(f"--best must be one of {', '.join(METRICS)}, got {best!r}")
         directions = {o["metric"]: o["direction"] for o in space.objectives}
-        sign = 1 if directions.get(best, METRICS[best][0]) == "maximize" else -1
+        sign = 1 if directions.get(best, METRICS[best].direction) == "maximize" else -1
         scored = [r for r in finished if r["metrics"].get(best) is not None]
         return [max(scored, key=lambda r: (sign * r["metrics"][best], -r["number"]))]
     under = [r for r in finished if r["metrics"]["macs"] <= max_macs]
@@ -137,7 +137,7 @@ def export(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike], *, pa
     records = select(run_dir, pareto=pareto, trial=trial, best=best, max_macs=max_macs)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out} exists and is not empty; pass --force to replace what is in it")
-    space = load_space(run_dir / SPACE_FILE)
+    space = load_space(run_dir)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
     try:
         written = []

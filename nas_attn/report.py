@@ -14,15 +14,14 @@ against the space's cost objective, see :func:`nas_attn.plot.plot_runs`) and ``h
 """
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from .arch import arch_summary
-from .plot import (X_METRICS, PlotError, Run, default_x, format_metric, hypervolume_text, is_baseline, load_run,
-                   parse_ref, plot_history, plot_runs)
-from .search import write_atomic
+from .arch import arch_summary, stage_of
+from .metrics import METRICS, format_value
+from .plot import PlotError, Run, default_x, hypervolume_text, load_run, parse_ref, plot_history, plot_runs
+from .results import write_atomic
 
 REPORT_FILE = "REPORT.md"
 PARETO_FIGURE = "pareto.png"
@@ -36,11 +35,6 @@ STATUS_MEANING = {
     "infeasible": "broke a constraint (measured before training): not trained",
     "failed": "raised an error: no result",
 }
-
-
-def stage_of(block: str) -> str:
-    """``layer2.1`` -> ``layer2``; ``blocks.4.0`` -> ``blocks.4``; a name without a dot is its own stage."""
-    return block.rsplit(".", 1)[0] if "." in block else block
 
 
 def module_counts(records: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, int], Dict[str, Dict[str, int]], Dict[str, int]]:
@@ -84,9 +78,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence
 
 def _trial_row(record: Dict[str, Any]) -> List[str]:
     m = record.get("metrics") or {}
-    return [str(record["number"]), format_metric("accuracy", m.get("accuracy")),
-            format_metric("macs", m.get("macs")), format_metric("effective_macs", m.get("effective_macs")),
-            format_metric("params", m.get("params")),
+    return [str(record["number"]), format_value("accuracy", m.get("accuracy")),
+            format_value("macs", m.get("macs")), format_value("effective_macs", m.get("effective_macs")),
+            format_value("params", m.get("params")),
             arch_summary(record["arch"]) if record.get("arch") else "-"]
 
 
@@ -197,7 +191,7 @@ def write_report(run_dir, ref=None) -> Path:
     x = default_x(run.space)
     plot_runs([folder], folder / PARETO_FIGURE, x=x, ref=reference)
     plot_history([folder], folder / HISTORY_FIGURE, ref=reference)
-    figures = {f"Validation accuracy against {X_METRICS[x][0]}: every finished trial, the Pareto front "
+    figures = {f"Validation accuracy against {METRICS[x].axis}: every finished trial, the Pareto front "
                f"and the baseline (star)": PARETO_FIGURE,
                "Hypervolume of the trials finished so far, by trial number": HISTORY_FIGURE}
     path = folder / REPORT_FILE
@@ -205,28 +199,5 @@ def write_report(run_dir, ref=None) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-
-def add_report_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``nas-attn report`` to an argparse subparsers object."""
-    from .plot import _ref_argument
-    p = subparsers.add_parser(
-        "report", help="write REPORT.md (Pareto table, module counts, figures) into a results folder",
-        description="Write REPORT.md, pareto.png and hypervolume.png into a results folder of nas-attn search.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of nas-attn search")
-    p.add_argument("--ref", type=_ref_argument, metavar="ACC,COST",
-                   help="hypervolume reference point, one value per objective in the space's order "
-                        "(default: the space's declared ref values)")
-    p.set_defaults(func=cmd_report)
-    return p
-
-
-def cmd_report(args) -> int:
-    path = write_report(args.run_dir, ref=args.ref)
-    print(f"wrote {path} (with {PARETO_FIGURE} and {HISTORY_FIGURE})")
-    return 0
-
-
-__all__ = ["write_report", "report_text", "module_counts", "stage_of", "add_report_parser", "cmd_report",
-           "PlotError", "is_baseline", "REPORT_FILE"]
+__all__ = ["write_report", "report_text", "module_counts", "PlotError", "REPORT_FILE", "PARETO_FIGURE",
+           "HISTORY_FIGURE"]

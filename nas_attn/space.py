@@ -44,17 +44,9 @@ import yaml
 
 from . import modules as attn_modules
 from .arch import (MOBILENETV2_MULTIPLIERS, STEMS, Arch, ArchError, attention_sites, build_model, family,
-                   mobilenetv2_arch_def)
+                   mobilenetv2_arch_def, stage_of)
+from .metrics import METRICS
 
-#: Metrics a trial reports, usable as objectives, with the direction that is better and the unit.
-METRICS = {
-    "accuracy": ("maximize", "fraction of validation images classified right (top-1)"),
-    "macs": ("minimize", "multiply-accumulates per image"),
-    "effective_macs": ("minimize", "MACs per image with DSA-pruned pixels skipped"),
-    "params": ("minimize", "parameters"),
-    "elementwise_ops": ("minimize", "element-wise/pooling/normalisation ops per image"),
-    "latency_ms": ("minimize", "median forward time of one batch, milliseconds"),
-}
 SAMPLERS = ("tpe", "nsga2", "random")
 OPTIMIZERS = ("sgd", "adamw")
 TOP_LEVEL_KEYS = ("name", "model", "data", "train", "objectives", "constraints", "stages", "blocks", "search")
@@ -759,7 +751,7 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
         opath = ("objectives", i)
         check.mapping(objective, opath, ("metric", "direction", "ref"), required=("metric",))
         check.one_of(objective["metric"], opath + ("metric",), tuple(METRICS))
-        objective.setdefault("direction", METRICS[objective["metric"]][0])
+        objective.setdefault("direction", METRICS[objective["metric"]].direction)
         check.one_of(objective["direction"], opath + ("direction",), ("maximize", "minimize"))
         if "ref" in objective:
             check.number(objective["ref"], opath + ("ref",))
@@ -846,8 +838,8 @@ def _stages(probe, model_family: str, model_name: str, args: dict, block_names: 
     for MobileNetV2 its per-block timm block strings."""
     needs_knobs = bool(stage_rules) or any(r.knobs for r in rules)
     base_arch_def = None
-    names = list(dict.fromkeys(b.rsplit(".", 1)[0] for b in block_names))
-    blocks_of = {n: [b for b in block_names if b.rsplit(".", 1)[0] == n] for n in names}
+    names = list(dict.fromkeys(stage_of(b) for b in block_names))
+    blocks_of = {n: [b for b in block_names if stage_of(b) == n] for n in names}
     if model_family == "resnet":
         import inspect
         from timm.models.resnet import ResNet
@@ -916,7 +908,7 @@ def _decisions(rules: List[BlockRule], block_names: List[str], check: _Checker) 
         rule = owner.get(block)
         if rule is None:
             continue
-        unit = block.rsplit(".", 1)[0] if rule.tie_stage else block
+        unit = stage_of(block) if rule.tie_stage else block
         if unit in decisions and decisions[unit].rule is rule:
             decisions[unit].blocks.append(block)
         else:

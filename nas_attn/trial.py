@@ -14,16 +14,12 @@ import torch
 
 from .arch import Arch, build_model
 from .cost import measure
-from .latency import measure_latency
 from .data import load as load_data
+from .latency import measure_latency
+from .metrics import REPORTED
+from .results import WEIGHTS_FILE
 from .train import DivergedError, select_device, train
 
-#: Trial outcomes, as recorded in trials.jsonl.
-STATUSES = ("ok", "stopped", "infeasible", "failed")
-#: Every report carries these (NaN when not measured): Ray Tune rejects results that lack a
-#: metric its searcher or scheduler optimises.
-REPORTED_METRICS = ("accuracy", "macs", "effective_macs", "params", "elementwise_ops", "latency_ms")
-WEIGHTS_FILE = "model.safetensors"
 
 _DATA_CACHE: Dict[tuple, Any] = {}
 
@@ -74,7 +70,7 @@ def run_trial(arch: Arch, settings: Dict[str, Any], report: Callable[..., None],
     diverging loss: the search records it and goes on.
     """
     extra = dict(extra or {})
-    base: Dict[str, Any] = {**extra, **{name: float("nan") for name in REPORTED_METRICS}, "epoch": 0}
+    base: Dict[str, Any] = {**extra, **{name: float("nan") for name in REPORTED}, "epoch": 0}
     train_cfg = settings["train"]
     input_size = tuple(settings["input_size"])
     seed = settings["seed"]

@@ -225,7 +225,8 @@ def sequential_worker(space_file: str, out: str, threads: int, replay: Optional[
     torch.set_num_threads(threads)
     import optuna
 
-    from nas_attn import search as search_mod
+    from nas_attn import results
+    from nas_attn.search import make_sampler
     from nas_attn.space import load
     from nas_attn.trial import run_trial, settings_from_space
 
@@ -235,15 +236,15 @@ def sequential_worker(space_file: str, out: str, threads: int, replay: Optional[
     budget, epochs = space.search["trials"], space.train["epochs"]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The same sampler class and seed the search builds (nas_attn.search._make_sampler).
+    # The same sampler class and seed the search builds (nas_attn.search.make_sampler).
     study = optuna.create_study(directions=space.objective_directions(),
-                                sampler=search_mod._make_sampler(space.search["sampler"], space.search["seed"]))
+                                sampler=make_sampler(space.search["sampler"], space.search["seed"]))
     expected_archs: Dict[int, Any] = {}
     if replay:
-        ray_study = search_mod.open_study(replay)
+        ray_study = results.open_study(replay)
         for frozen in sorted(ray_study.trials, key=lambda t: t.number)[:budget]:
             study.enqueue_trial(frozen.params)
-        expected_archs = {r["number"]: r["arch"] for r in search_mod.read_trials(replay)}
+        expected_archs = {r["number"]: r["arch"] for r in results.read_trials(replay)}
     elif space.baseline_params():
         study.enqueue_trial(space.baseline_params())  # as the search does (points_to_evaluate)
 
@@ -343,7 +344,7 @@ def summarise(name: str, concurrency: int, threads: int, child: Dict[str, Any],
 
 
 def run_ray(space_file: Path, out: Path, concurrency: int) -> Dict[str, Any]:
-    from nas_attn.search import read_trials
+    from nas_attn.results import read_trials
     run_dir = out / "ray_search"
     cmd = [str(Path(sys.executable).with_name("nas-attn")), "search", "--space", str(space_file),
            "--concurrent", str(concurrency), "--out", str(run_dir)]

@@ -92,12 +92,6 @@ def split_method(method: str):
 # --------------------------------------------------------------------------------------------
 # One search
 
-def is_baseline(arch: Dict[str, Any]) -> bool:
-    """No attention and no AW-conv in any block (``aw_conv: {}`` is an AW-conv without options)."""
-    return all(b.get("attention", "none") == "none" and b.get("aw_conv") is None
-               for b in arch.get("blocks", {}).values())
-
-
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -105,7 +99,8 @@ def _finite(value) -> bool:
 def analyse(run_dir: Path, space) -> Dict[str, Any]:
     """Hypervolume, epochs, baseline dominance and hypervolume history of one results folder."""
     from nas_attn import pareto
-    from nas_attn.search import pareto_records, read_trials
+    from nas_attn.arch import is_baseline
+    from nas_attn.results import pareto_records, read_trials
     records = read_trials(run_dir)
     metrics, directions = space.objective_metrics(), space.objective_directions()
     reference = space.reference_point()
@@ -148,7 +143,7 @@ def analyse(run_dir: Path, space) -> Dict[str, Any]:
 
 def run_one(space, method: str, seed: int, out: Path) -> Dict[str, Any]:
     """Run (or reuse, when finished before) one search; returns its summary."""
-    from nas_attn import search
+    from nas_attn import results, search
     done = out / DONE_FILE
     if done.exists():
         print(f"--- {method} seed {seed}: finished before, reusing {out}", flush=True)
@@ -166,7 +161,7 @@ def run_one(space, method: str, seed: int, out: Path) -> Dict[str, Any]:
         start = time.perf_counter()
         search.run(space, sampler=sampler, seed=seed, early_stopping=early_stopping, out=str(out))
         wall = time.perf_counter() - start
-    recorded = len(search.read_trials(out))
+    recorded = len(results.read_trials(out))
     if recorded < space.search["trials"]:
         # Ray Tune ends a run early on Ctrl+C and returns normally: that search is not a result.
         raise RuntimeError(f"{method} seed {seed}: only {recorded} of {space.search['trials']} trials were "
@@ -376,7 +371,7 @@ def main(argv=None) -> int:
 
     import ray
     from nas_attn import search
-    search._init_ray(None, verbose=False)
+    search.init_ray(None, verbose=False)
     runs: List[Dict[str, Any]] = []
     total_start = time.perf_counter()
     try:

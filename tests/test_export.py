@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from nas_attn import search
+from nas_attn import results, search
 from nas_attn.export import ExportError, export, select
 
 SPACE = textwrap.dedent("""\
@@ -56,7 +56,7 @@ LOAD_AND_EVALUATE = textwrap.dedent("""\
 def test_exported_pareto_folders_load_in_plain_timm_with_the_trial_accuracy(run_dir, tmp_path):
     out = tmp_path / "models"
     folders = export(run_dir, out, pareto=True)
-    pareto = json.loads((run_dir / search.PARETO_FILE).read_text())
+    pareto = json.loads((run_dir / results.PARETO_FILE).read_text())
     assert [f.name for f in folders] == [f"trial-{r['number']:04d}" for r in pareto]
     for folder, record in zip(folders, pareto):
         config = json.loads((folder / "config.json").read_text())
@@ -74,7 +74,7 @@ def test_exported_pareto_folders_load_in_plain_timm_with_the_trial_accuracy(run_
 
 
 def test_cli_export_best_and_config_only(run_dir, tmp_path):
-    records = search.read_trials(run_dir)
+    records = results.read_trials(run_dir)
     best = max(records, key=lambda r: (r["metrics"]["accuracy"], -r["number"]))
     result = subprocess.run([sys.executable, "-m", "nas_attn.cli", "export", str(run_dir), "--out",
                              str(tmp_path / "m"), "--best", "accuracy", "--no-weights"],
@@ -89,7 +89,7 @@ def test_cli_export_best_and_config_only(run_dir, tmp_path):
 
 
 def test_select_by_trial_and_by_mac_budget(run_dir):
-    records = search.read_trials(run_dir)
+    records = results.read_trials(run_dir)
     assert select(run_dir, trial=1) == [r for r in records if r["number"] == 1]
     cheapest = min(records, key=lambda r: r["metrics"]["macs"])
     assert select(run_dir, max_macs=cheapest["metrics"]["macs"])[0]["metrics"]["macs"] == cheapest["metrics"]["macs"]
@@ -116,8 +116,8 @@ def test_export_errors_write_nothing(run_dir, tmp_path):
 def test_run_without_finished_trials_is_refused(run_dir, tmp_path):
     empty = tmp_path / "failed_run"
     empty.mkdir()
-    (empty / search.SPACE_FILE).write_text((run_dir / search.SPACE_FILE).read_text())
-    (empty / search.TRIALS_FILE).write_text(json.dumps({"number": 0, "status": "failed", "arch": None,
+    (empty / results.SPACE_FILE).write_text((run_dir / results.SPACE_FILE).read_text())
+    (empty / results.TRIALS_FILE).write_text(json.dumps({"number": 0, "status": "failed", "arch": None,
                                                         "metrics": {}, "error": "boom"}) + "\n")
     with pytest.raises(ExportError, match="no finished trials"):
         export(empty, tmp_path / "o", pareto=True)

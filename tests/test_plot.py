@@ -1,5 +1,4 @@
 """nas_attn.plot on a hand-made results folder: files written, hypervolume and history, errors."""
-import argparse
 import json
 import re
 from pathlib import Path
@@ -12,8 +11,10 @@ import matplotlib.image
 import pytest
 
 from nas_attn import plot
+from nas_attn.arch import is_baseline
+from nas_attn.cli import build_parser
 from nas_attn.pareto import hypervolume
-from nas_attn.plot import PlotError, is_baseline
+from nas_attn.plot import PlotError
 
 SPACE_SOURCE = Path(__file__).resolve().parents[1] / "search_spaces" / "digits_resnet.yaml"
 BLOCKS = ("layer1.0", "layer1.1", "layer2.0", "layer2.1")
@@ -285,9 +286,7 @@ def test_bad_output_and_axis(run_dir, tmp_path):
 # command line
 
 def parse(argv):
-    parser = argparse.ArgumentParser(prog="nas-attn")
-    plot.add_plot_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_cli_plot_default_out_and_flags(tmp_path, capsys):

@@ -1,5 +1,4 @@
 """nas_attn.report on the hand-made results folder of test_plot: REPORT.md and its figures."""
-import argparse
 
 import matplotlib
 
@@ -9,7 +8,8 @@ import matplotlib.image
 import pytest
 
 from nas_attn import report
-from nas_attn.arch import arch_summary
+from nas_attn.arch import arch_summary, stage_of
+from nas_attn.cli import build_parser
 from nas_attn.plot import PlotError
 from test_plot import FRONT, HAND_HV, make_run, records
 
@@ -85,9 +85,9 @@ def test_module_counts_function():
 
 
 def test_stage_of():
-    assert report.stage_of("layer2.1") == "layer2"
-    assert report.stage_of("blocks.4.0") == "blocks.4"
-    assert report.stage_of("stem") == "stem"
+    assert stage_of("layer2.1") == "layer2"
+    assert stage_of("blocks.4.0") == "blocks.4"
+    assert stage_of("stem") == "stem"
 
 
 def test_hypervolume_and_status_counts(written):
@@ -115,9 +115,7 @@ def test_report_errors(tmp_path):
 
 def test_cli_report(tmp_path, capsys):
     folder = make_run(tmp_path / "cli-run")
-    parser = argparse.ArgumentParser(prog="nas-attn")
-    report.add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(folder), "--ref", "0.5,40e6"])
+    args = build_parser().parse_args(["report", str(folder), "--ref", "0.5,40e6"])
     assert args.func(args) == 0
     assert "reference point: accuracy = 0.5" in (folder / "REPORT.md").read_text()
     assert "REPORT.md" in capsys.readouterr().out

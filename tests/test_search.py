@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from nas_attn import search
-from nas_attn.space import loads
+from nas_attn import results, search
+from nas_attn.space import load, loads
 
 TINY = textwrap.dedent("""\
     name: tiny_digits
@@ -59,16 +59,16 @@ def loopback_env(monkeypatch):
 
 
 def check_files_agree(run_dir: Path, budget: int, contiguous: bool = True):
-    records = search.read_trials(run_dir)
+    records = results.read_trials(run_dir)
     assert len(records) == budget
     numbers = [r["number"] for r in records]
     assert len(set(numbers)) == budget
     if contiguous:  # after a driver crash, trials it asked Optuna for but never ran leave gaps
         assert sorted(numbers) == list(range(budget))
-    pareto = json.loads((run_dir / search.PARETO_FILE).read_text())
-    space = search.load(run_dir / search.SPACE_FILE)
-    assert pareto == search.pareto_records(records, space.objectives)
-    study = search.open_study(run_dir)
+    pareto = json.loads((run_dir / results.PARETO_FILE).read_text())
+    space = load(run_dir / results.SPACE_FILE)
+    assert pareto == results.pareto_records(records, space.objectives)
+    study = results.open_study(run_dir)
     best = sorted(t.number for t in study.best_trials)
     assert [r["number"] for r in pareto] == best
     by_number = {t.number: t for t in study.trials}
@@ -89,7 +89,7 @@ def test_search_end_to_end(tiny_space_file, tmp_path, capsys):
     assert result.run_dir == out.resolve() and result.trials == records and result.pareto == pareto
 
     baseline = records[0]
-    assert baseline["arch"] == search.load(out / search.SPACE_FILE).baseline()
+    assert baseline["arch"] == load(out / results.SPACE_FILE).baseline()
     assert baseline["status"] == "ok" and baseline["metrics"]["params"] == BASELINE_PARAMS
 
     statuses = {r["status"] for r in records}
@@ -125,7 +125,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
     assert [r["status"] for r in result.trials] == ["failed"] * 3
     assert all("diverged" in r["error"] for r in result.trials)
     assert result.pareto == []
-    study = search.open_study(out)
+    study = results.open_study(out)
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3
     assert all("diverged" in t.user_attrs["error"] for t in study.trials)
 
@@ -191,14 +191,14 @@ def test_resume_after_the_driver_is_killed(tiny_space_file, tmp_path):
                               start_new_session=True, env=env)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and len(search.read_trials(out)) < 2:
+        while time.time() < deadline and len(results.read_trials(out)) < 2:
             time.sleep(0.5)
-        assert len(search.read_trials(out)) >= 2, "the first search never finished two trials"
+        assert len(results.read_trials(out)) >= 2, "the first search never finished two trials"
     finally:
         # SIGKILL the driver and every Ray process it started (they share its session).
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    before = {r["number"]: r for r in search.read_trials(out)}
+    before = {r["number"]: r for r in results.read_trials(out)}
     assert 2 <= len(before) < 6
     resumed = run_cli("search", "--resume", str(out), env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -236,21 +236,21 @@ def test_missing_data_folder_is_named(tmp_path):
 
 
 def test_trial_status_reads_the_last_result():
-    assert search.trial_status({"status": "ok", "epoch": 3}, epochs=3) == "ok"
-    assert search.trial_status({"status": "ok", "epoch": 1}, epochs=3) == "stopped"
-    assert search.trial_status({"status": "infeasible", "epoch": 0}, epochs=3) == "infeasible"
-    assert search.trial_status({"status": "failed"}, epochs=3) == "failed"
-    assert search.trial_status(None, epochs=3) == "failed"
-    assert search.trial_status({"status": "ok", "epoch": 3}, epochs=3, errored=True) == "failed"
+    assert results.trial_status({"status": "ok", "epoch": 3}, epochs=3) == "ok"
+    assert results.trial_status({"status": "ok", "epoch": 1}, epochs=3) == "stopped"
+    assert results.trial_status({"status": "infeasible", "epoch": 0}, epochs=3) == "infeasible"
+    assert results.trial_status({"status": "failed"}, epochs=3) == "failed"
+    assert results.trial_status(None, epochs=3) == "failed"
+    assert results.trial_status({"status": "ok", "epoch": 3}, epochs=3, errored=True) == "failed"
 
 
 def test_flags_override_the_space_and_resources_follow(tiny_space_file):
-    space = search.apply_overrides(search.load(str(tiny_space_file)), trials=9, epochs=2, sampler="nsga2",
+    space = search.apply_overrides(load(str(tiny_space_file)), trials=9, epochs=2, sampler="nsga2",
                                    cpus_per_trial=2, gpus_per_trial=0.5, early_stopping=True)
     assert space.search["trials"] == 9 and space.train["epochs"] == 2 and space.search["sampler"] == "nsga2"
     assert search.trial_resources(space) == {"cpu": 2, "gpu": 0.5}
     assert space.search["early_stopping"] == {"enabled": True, "grace_epochs": 1, "reduction_factor": 3}
-    assert search.trial_resources(search.load(str(tiny_space_file))) == {"cpu": 1, "gpu": 0}
+    assert search.trial_resources(load(str(tiny_space_file))) == {"cpu": 1, "gpu": 0}
 
 
 def test_early_stopping_prunes_hopeless_trials_and_keeps_them_off_the_front(tmp_path):

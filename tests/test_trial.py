@@ -4,7 +4,8 @@ import math
 import pytest
 
 from nas_attn.space import loads
-from nas_attn.trial import REPORTED_METRICS, constraint_violations, run_trial, settings_from_space
+from nas_attn.metrics import REPORTED as REPORTED_METRICS
+from nas_attn.trial import constraint_violations, run_trial, settings_from_space
 
 SPACE = """\
 model: {name: resnet18, args: {num_classes: 10, in_chans: 1}}

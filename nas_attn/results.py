@@ -1,0 +1,157 @@
+"""The results folder of a search: its file names, how each file is written and read back.
+
+::
+
+    runs/digits_resnet-20261122-101500/
+      space.yaml        the space as run (flags applied)
+      study.journal     the Optuna study (optuna-dashboard study.journal)
+      trials.jsonl      one line per finished trial: number, status, arch, metrics
+      pareto.json       the non-dominated finished trials
+      ray/              Ray Tune's experiment (checkpoints with each trial's final weights)
+
+The search writes this folder; export, plot and report only read it, through this module, so
+they never import the Ray/Optuna driver.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from . import pareto as pareto_mod
+
+PathLike = Union[str, os.PathLike]
+
+SPACE_FILE = "space.yaml"
+STUDY_FILE = "study.journal"
+TRIALS_FILE = "trials.jsonl"
+PARETO_FILE = "pareto.json"
+RAY_FOLDER = "ray"
+STUDY_NAME = "nas_attn"
+#: The trained weights in a trial's checkpoint and in an exported folder (safetensors).
+WEIGHTS_FILE = "model.safetensors"
+#: Trial outcomes, as recorded in trials.jsonl and in the study's ``status`` user attribute.
+STATUSES = ("ok", "stopped", "infeasible", "failed")
+
+
+class ResultsError(ValueError):
+    """A folder that is not a (readable) results folder: names the file, line and what was wrong."""
+
+
+def trial_status(result: Optional[Dict[str, Any]], epochs: int, errored: bool = False) -> str:
+    """ok / stopped / infeasible / failed, from the last result a trial reported.
+
+    The one status rule: the search computes it once per trial, tells the study and writes it
+    into trials.jsonl.
+    """
+    if errored or not result:
+        return "failed"
+    status = result.get("status", "failed")
+    if status == "ok" and result.get("epoch", 0) < epochs:
+        return "stopped"  # a scheduler ended it before its last epoch
+    return status
+
+
+def write_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (atomic on POSIX)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_trials(run_dir: PathLike) -> List[Dict[str, Any]]:
+    """The records of ``trials.jsonl`` in a results folder, in file order (empty if none yet).
+
+    Raises :class:`ResultsError` naming the file and line of a line that is not a JSON record
+    with ``number`` and ``status``.
+    """
+    path = Path(run_dir) / TRIALS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{path}:{line_number}: not one JSON record per line ({exc})") from None
+        if not isinstance(record, dict) or "number" not in record or "status" not in record:
+            raise ResultsError(f"{path}:{line_number}: record lacks 'number' or 'status': {line[:200]}")
+        records.append(record)
+    return records
+
+
+def pareto_records(records: Sequence[Dict[str, Any]], objectives: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The non-dominated records among those with status ``ok``, in trial order."""
+    finished = [r for r in records if r["status"] == "ok"]
+    metrics = [o["metric"] for o in objectives]
+    directions = [o["direction"] for o in objectives]
+    points = [[r["metrics"][m] for m in metrics] for r in finished]
+    return [finished[i] for i in sorted(pareto_mod.non_dominated(points, directions))] if points else []
+
+
+def write_trials(run_dir: PathLike, records: Sequence[Dict[str, Any]], objectives: Sequence[Dict[str, Any]]) -> None:
+    """Write trials.jsonl (records by trial number) and pareto.json, each atomically."""
+    run_dir = Path(run_dir)
+    ordered = sorted(records, key=lambda r: r["number"])
+    write_atomic(run_dir / TRIALS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+    write_atomic(run_dir / PARETO_FILE, json.dumps(pareto_records(ordered, objectives), indent=1, sort_keys=True))
+
+
+def load_space(run_dir: PathLike):
+    """The SearchSpace a results folder was run with (its space.yaml)."""
+    from .space import load
+    return load(Path(run_dir) / SPACE_FILE)
+
+
+def check_folder(run_dir: PathLike, required: Sequence[str] = (SPACE_FILE, TRIALS_FILE)) -> Path:
+    """``run_dir`` as a Path, or :class:`ResultsError` if it is not a folder holding ``required``."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ResultsError(f"run folder {str(run_dir)!r} does not exist or is not a folder")
+    missing = [name for name in required if not (path / name).is_file()]
+    if missing:
+        raise ResultsError(f"{str(run_dir)!r} is not a nas-attn results folder: {', '.join(missing)} "
+                           f"missing (a results folder holds {SPACE_FILE}, {TRIALS_FILE} and {PARETO_FILE})")
+    return path
+
+
+def finished_records(run_dir: PathLike, records: Sequence[Dict[str, Any]], objectives) -> List[Dict[str, Any]]:
+    """The records with status ``ok``; :class:`ResultsError` if one lacks a finite objective."""
+    finished = [r for r in records if r["status"] == "ok"]
+    for record in finished:
+        for objective in objectives:
+            value = (record.get("metrics") or {}).get(objective["metric"])
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ResultsError(f"{Path(run_dir) / TRIALS_FILE}: trial {record['number']} has status ok but "
+                                   f"no finite {objective['metric']} (an objective); got {value!r}")
+    return finished
+
+
+def status_counts(records: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    """Trials per status, in the order ok, stopped, infeasible, failed (then any other)."""
+    counts = {status: 0 for status in STATUSES}
+    for record in records:
+        status = record.get("status", "failed")
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def open_study(run_dir: PathLike):
+    """The Optuna study of a results folder (read it with ``best_trials``, the dashboard, ...)."""
+    import optuna
+    return optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
+
+
+def study_storage(run_dir: PathLike):
+    """The Optuna journal storage of a results folder."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    return JournalStorage(JournalFileBackend(str(Path(run_dir) / STUDY_FILE)))

@@ -1,0 +1,226 @@
+"""The search driver: Ray Tune runs the trials, Optuna proposes them, a results folder keeps them.
+
+``run(space, **overrides)`` is what ``nas-attn search`` calls; :mod:`nas_attn.results`
+describes the folder it writes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+from ..results import (PARETO_FILE, RAY_FOLDER, SPACE_FILE, STUDY_FILE, STUDY_NAME, TRIALS_FILE, open_study,
+                       pareto_records, read_trials, study_storage, write_atomic)
+from ..space import SearchSpace, load
+from ..trial import settings_from_space
+from ._base import SearchError, SearchResult
+from ._optuna import ArchSampler, make_sampler, searcher_class
+from ._ray import ray_trainable, recorder_class, replay_result, trial_dirname
+from ._text import pareto_table
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+def init_ray(address: Optional[str], verbose: bool, num_cpus: Optional[int] = None,
+             allow_unauthenticated_cluster: bool = False):
+    from ..cluster import ClusterError, connect, start_local
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        if address:
+            connect(address, verbose, allow_unauthenticated=allow_unauthenticated_cluster)
+        else:
+            start_local(num_cpus, verbose)
+    except ClusterError as exc:
+        raise SearchError(str(exc)) from None
+
+
+def _check_address(address: Optional[str]) -> None:
+    """Reject a malformed --address, and an unreachable one before Ray retries it for minutes."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SearchError(f"--address must be 'auto', HOST:PORT or ray://HOST:PORT, got {address!r}")
+    import socket
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise SearchError(f"could not connect to the Ray cluster at --address {address}: {exc}. "
+                          f"Start one with `ray start --head` and pass its address (or 'auto').") from None
+
+
+def _check_data(space: SearchSpace) -> None:
+    """Fail before any trial if the dataset cannot be read (missing folder, wrong files)."""
+    from .data import DataError
+    from .trial import get_data
+    try:
+        get_data(space.data, space.search["seed"])
+    except DataError as exc:
+        raise SearchError(str(exc)) from None
+
+
+def apply_overrides(space: SearchSpace, *, trials=None, concurrent=None, epochs=None, sampler=None,
+                    seed=None, cpus_per_trial=None, gpus_per_trial=None, data_root=None,
+                    early_stopping=None) -> SearchSpace:
+    """The space with CLI flags applied (None leaves a value as the space has it), re-validated."""
+    es = space.search.get("early_stopping")
+    if early_stopping is not None:
+        es = {"grace_epochs": 1, "reduction_factor": 3, **(es or {}), "enabled": early_stopping}
+    resources = dict(space.search["resources"])
+    if cpus_per_trial is not None:
+        resources["cpu"] = cpus_per_trial
+    if gpus_per_trial is not None:
+        resources["gpu"] = gpus_per_trial
+    return space.with_overrides(
+        train={"epochs": epochs},
+        search={"trials": trials, "concurrent": concurrent, "sampler": sampler, "seed": seed,
+                "resources": resources, "early_stopping": es},
+        data={"root": data_root})
+
+
+def trial_resources(space: SearchSpace) -> Dict[str, float]:
+    """What Ray reserves for each trial: ``{"cpu": c, "gpu": g}`` (g may be a fraction)."""
+    return {"cpu": space.search["resources"]["cpu"], "gpu": space.search["resources"]["gpu"]}
+
+
+def default_run_dir(space: SearchSpace) -> Path:
+    return Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(space: Union[SearchSpace, str, os.PathLike] = "digits_resnet", *, trials: Optional[int] = None,
+        concurrent: Optional[int] = None, epochs: Optional[int] = None, sampler: Optional[str] = None,
+        seed: Optional[int] = None, cpus_per_trial: Optional[float] = None,
+        gpus_per_trial: Optional[float] = None, address: Optional[str] = None,
+        out: Optional[Union[str, os.PathLike]] = None, resume: Optional[Union[str, os.PathLike]] = None,
+        data_root: Optional[str] = None, early_stopping: Optional[bool] = None,
+        verbose: bool = False, num_cpus: Optional[int] = None,
+        allow_unauthenticated_cluster: bool = False) -> SearchResult:
+    """Run (or with ``resume=DIR`` continue) a search; returns its trials and Pareto set.
+
+    Keyword arguments override the space's ``search``/``train``/``data`` sections, exactly like
+    the CLI flags of the same names. Ray always runs with token authentication
+    (:mod:`nas_attn.cluster`); ``allow_unauthenticated_cluster`` lets ``address`` name a
+    cluster that runs without it.
+    """
+    if address is None and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        # First: before any work, and before `import ray`, which reads whether a new node may
+        # take 127.0.0.1 only then.
+        from ..cluster import ClusterError, prepare_local_environment
+        try:
+            prepare_local_environment()
+        except ClusterError as exc:
+            raise SearchError(str(exc)) from None
+    _check_address(address)
+    if resume is not None:
+        run_dir = Path(resume).resolve()
+        if not (run_dir / SPACE_FILE).is_file() or not (run_dir / RAY_FOLDER).is_dir():
+            raise SearchError(f"--resume {resume}: not a nas-attn results folder "
+                              f"(expected {SPACE_FILE} and {RAY_FOLDER}/ inside)")
+        space = load(run_dir / SPACE_FILE)
+    else:
+        if not isinstance(space, SearchSpace):
+            space = load(space)
+        space = apply_overrides(space, trials=trials, concurrent=concurrent, epochs=epochs, sampler=sampler,
+                                seed=seed, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                                data_root=data_root, early_stopping=early_stopping)
+        run_dir = Path(out) if out is not None else default_run_dir(space)
+        run_dir = run_dir.resolve()
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise SearchError(f"--out {run_dir} exists and is not empty; choose a new folder "
+                              f"or continue it with --resume {run_dir}")
+    _check_data(space)
+
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        init_ray(address, verbose, num_cpus, allow_unauthenticated_cluster)
+    try:
+        return _run(space, run_dir, resume is not None, verbose)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> SearchResult:
+    from ray import tune
+
+    search = space.search
+    budget, epochs = search["trials"], space.train["epochs"]
+    objectives = space.objectives
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        write_atomic(run_dir / SPACE_FILE, space.to_yaml())
+
+    settings = settings_from_space(space)
+    finished = {r["number"]: replay_result(r) for r in read_trials(run_dir)} if resuming else {}
+    trainable = tune.with_resources(tune.with_parameters(ray_trainable, settings=settings, finished=finished),
+                                    trial_resources(space))
+    recorder = recorder_class()(str(run_dir), budget, epochs, objectives)
+
+    print(f"nas-attn search: {space.name}, {budget} trials x {epochs} epochs, {search['concurrent']} at once, "
+          f"sampler {search['sampler']}, results in {run_dir}", flush=True)
+    if resuming:
+        tuner = tune.Tuner.restore(str(run_dir / RAY_FOLDER), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        storage = study_storage(run_dir)
+        first = [space.baseline_params()] if space.baseline_params() else None
+        define_by_run = ArchSampler(space)
+        searcher = searcher_class()(
+            space=define_by_run, metric=space.objective_metrics(),
+            mode=["max" if d == "maximize" else "min" for d in space.objective_directions()],
+            sampler=make_sampler(search["sampler"], search["seed"]), storage=storage,
+            study_name=STUDY_NAME, points_to_evaluate=first,
+            epochs=epochs, objectives=objectives, constraint_keys=sorted(space.constraints),
+            run_dir=str(run_dir), budget=budget)
+        scheduler = _make_scheduler(space)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=budget,
+                                        max_concurrent_trials=search["concurrent"], reuse_actors=True,
+                                        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+            run_config=tune.RunConfig(name=RAY_FOLDER, storage_path=str(run_dir), verbose=1 if verbose else 0,
+                                      callbacks=[recorder],
+                                      failure_config=tune.FailureConfig(max_failures=search["max_failures"])))
+    tuner.fit()
+    _close_orphans(run_dir)
+    records = read_trials(run_dir)
+    front = pareto_records(records, objectives)
+    print(f"\nPareto set ({len(front)} of {len(records)} trials; objectives: "
+          + ", ".join(f"{o['metric']} ({o['direction']})" for o in objectives) + ")")
+    print(pareto_table(front))
+    print(f"\nResults: {run_dir}\n  {TRIALS_FILE}, {PARETO_FILE}, {STUDY_FILE} (optuna-dashboard "
+          f"{run_dir / STUDY_FILE}), {RAY_FOLDER}/")
+    return SearchResult(run_dir=run_dir, trials=records, pareto=front, space=space)
+
+
+def _make_scheduler(space: SearchSpace):
+    es = space.search.get("early_stopping")
+    if not es or not es.get("enabled", True):
+        return None
+    from .schedulers import MultiObjectiveASHA
+    return MultiObjectiveASHA(metrics=space.objective_metrics(),
+                              modes=["max" if d == "maximize" else "min" for d in space.objective_directions()],
+                              time_attr="epoch", grace_period=es["grace_epochs"],
+                              reduction_factor=es["reduction_factor"], max_t=space.train["epochs"])
+
+
+def _close_orphans(run_dir: Path) -> None:
+    """Mark study trials still RUNNING after the search as FAIL.
+
+    When a driver dies, trials it had asked Optuna for but never started are left RUNNING in
+    the journal; on --resume they are not Ray's to finish, so the study would disagree with
+    trials.jsonl forever.
+    """
+    import optuna
+    study = open_study(run_dir)
+    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(frozen._trial_id, "error", "lost when the search driver stopped")
+        study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+

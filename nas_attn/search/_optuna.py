@@ -1,0 +1,130 @@
+"""The Optuna side of the search: samplers, the define-by-run Arch sampler and the searcher."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, List
+
+from ..results import read_trials, trial_status
+from ..space import SearchSpace
+from ._base import SearchError
+
+
+def constraint_values(frozen_trial) -> List[float]:
+    """Optuna 4 ``constraints_func``: <= 0 is feasible (relative excess over each limit)."""
+    return frozen_trial.user_attrs.get("constraints", [0.0])
+
+
+def _has_set_constraint() -> bool:
+    # Optuna 5 stores constraints on the trial (Trial.set_constraint) and deprecates the
+    # samplers' constraints_func; Optuna 4 has only the latter.
+    import optuna
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def make_sampler(name: str, seed: int):
+    """The Optuna sampler ``search.sampler`` names, seeded."""
+    import optuna
+    constraints = {} if _has_set_constraint() else {"constraints_func": constraint_values}
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **constraints)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, **constraints)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise SearchError(f"--sampler must be tpe, nsga2 or random, got {name!r}")
+
+
+def _measured_or_worst(value, objective: Dict[str, Any]) -> float:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    if objective["metric"] == "accuracy":
+        return 0.0 if objective["direction"] == "maximize" else 1.0
+    return -1e30 if objective["direction"] == "maximize" else 1e30
+
+
+class ArchSampler:
+    """The define-by-run function given to OptunaSearch (a class: Ray pickles the searcher)."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial) -> Dict[str, Any]:
+        return {"arch": self.space.sample(trial)}
+
+
+def searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class StudySearcher(OptunaSearch):
+        """OptunaSearch that tells Optuna what each trial really was.
+
+        Ray's OptunaSearch tells every trial with values as COMPLETE; ours tells a trial the
+        scheduler stopped as PRUNED, a failed one as FAIL with its reason, and an infeasible
+        one as COMPLETE with a positive constraint value (so the sampler steers away from it
+        and ``best_trials`` leaves it out), and stores the Arch and status
+        as user attributes so the study alone is a full record.
+        """
+
+        def __init__(self, *args, epochs: int, objectives: List[Dict[str, Any]],
+                     constraint_keys: List[str], run_dir: str, budget: int, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._epochs = epochs
+            self._objectives = objectives
+            self._constraint_keys = constraint_keys
+            self._run_dir = run_dir
+            self._budget = budget
+
+        def suggest(self, trial_id: str):
+            if trial_id not in self._ot_trials:
+                # The budget counts recorded trials, not Ray's: after a driver crash Ray's
+                # periodic snapshot may miss trials that trials.jsonl already holds.
+                recorded = {r["number"] for r in read_trials(self._run_dir)}
+                running = [t for tid, t in self._ot_trials.items()
+                           if tid not in self._completed_trials and t.number not in recorded]
+                if len(recorded) + len(running) >= self._budget:
+                    return self.FINISHED
+            config = super().suggest(trial_id)
+            if config is not None:
+                ot_trial = self._ot_trials[trial_id]
+                config["trial_number"] = ot_trial.number
+                ot_trial.set_user_attr("arch", config["arch"])
+            return config
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            import optuna
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+                # Told before the driver died; after --resume Ray replays the trial's end.
+                self._completed_trials.add(trial_id)
+                return
+            status = trial_status(result, self._epochs, errored=error)
+            ot_trial.set_user_attr("status", status)
+            # Ray hands searchers flattened results: {"violations/max_params": 0.2}.
+            violations = {k.split("/", 1)[1]: v for k, v in (result or {}).items() if k.startswith("violations/")}
+            if _has_set_constraint():
+                for key in self._constraint_keys:
+                    ot_trial.set_constraint(key, violations.get(key, 0.0))
+            else:
+                ot_trial.set_user_attr("constraints", [violations.get(k, 0.0) for k in self._constraint_keys] or [0.0])
+            values, state = None, optuna.trial.TrialState.FAIL
+            if status == "ok":
+                values, state = [float(result[o["metric"]]) for o in self._objectives], optuna.trial.TrialState.COMPLETE
+            elif status == "infeasible":
+                # Optuna needs finite values; what was never measured (accuracy) gets its worst
+                # value. The positive constraint value is what marks the trial infeasible.
+                values = [_measured_or_worst(result.get(o["metric"]), o) for o in self._objectives]
+                state = optuna.trial.TrialState.COMPLETE
+            elif status == "stopped":
+                state = optuna.trial.TrialState.PRUNED
+            else:
+                ot_trial.set_user_attr("error", str((result or {}).get("error", "the trial raised"))[:2000])
+            try:
+                self._ot_study.tell(ot_trial, values, state=state)
+            except Exception as exc:  # e.g. told already before a driver restart
+                logging.getLogger(__name__).warning("could not tell trial %s: %s", ot_trial.number, exc)
+            self._completed_trials.add(trial_id)
+
+    return StudySearcher

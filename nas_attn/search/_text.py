@@ -1,0 +1,37 @@
+"""What the search prints: one progress line per finished trial, and the Pareto table at the end."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ..arch import arch_summary
+from ..metrics import is_number
+from ..units import format_count
+
+
+def progress_line(record: Dict[str, Any], done: int, budget: int) -> str:
+    m = record.get("metrics", {})
+    acc = m.get("accuracy")
+    acc_text = f"acc {acc:.3f}" if isinstance(acc, float) and is_number(acc) else "acc -"
+    tail = ""
+    if record["status"] == "failed":
+        tail = f"  ({str(record.get('error', ''))[:80]})"
+    elif record["status"] == "infeasible":
+        tail = f"  (breaks {', '.join(record.get('violations') or {})})"
+    elif record["status"] == "stopped":
+        tail = f"  (stopped after epoch {m.get('epoch')})"
+    summary = arch_summary(record["arch"]) if record.get("arch") else "-"
+    return (f"[{done:>3}/{budget}] trial {record['number']:>3}  {record['status']:<10} {acc_text}  "
+            f"{format_count(m.get('macs'), 'MACs'):>14}  eff {format_count(m.get('effective_macs'), 'MACs'):>14}"
+            f"  {summary}{tail}")
+
+
+def pareto_table(records: List[Dict[str, Any]]) -> str:
+    """A plain-text table of Pareto records (units in the header)."""
+    header = f"{'trial':>5}  {'accuracy':>8}  {'MACs':>14}  {'eff. MACs':>14}  {'params':>10}  architecture"
+    lines = [header, "-" * len(header)]
+    for r in records:
+        m = r["metrics"]
+        lines.append(f"{r['number']:>5}  {m.get('accuracy', float('nan')):>8.3f}  "
+                     f"{format_count(m.get('macs'), 'MACs'):>14}  {format_count(m.get('effective_macs'), 'MACs'):>14}  "
+                     f"{format_count(m.get('params'), ''):>10}  {arch_summary(r['arch'])}")
+    return "\n".join(lines)
