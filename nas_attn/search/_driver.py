@@ -54,8 +54,8 @@ def _check_address(address: Optional[str]) -> None:
 
 def _check_data(space: SearchSpace) -> None:
     """Fail before any trial if the dataset cannot be read (missing folder, wrong files)."""
-    from .data import DataError
-    from .trial import get_data
+    from ..data import DataError
+    from ..trial import get_data
     try:
         get_data(space.data, space.search["seed"])
     except DataError as exc:
@@ -204,7 +204,7 @@ def _make_scheduler(space: SearchSpace):
     es = space.search.get("early_stopping")
     if not es or not es.get("enabled", True):
         return None
-    from .schedulers import MultiObjectiveASHA
+    from ..schedulers import MultiObjectiveASHA
     return MultiObjectiveASHA(metrics=space.objective_metrics(),
                               modes=["max" if d == "maximize" else "min" for d in space.objective_directions()],
                               time_attr="epoch", grace_period=es["grace_epochs"],
