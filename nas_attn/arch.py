@@ -280,8 +280,29 @@ def carried_pretrained_cfg(base_cfg: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
+def structure_summary(arch: Arch) -> str:
+    """The cost knobs of an Arch in a few characters: ``ch 8/16/32/64`` (ResNet channels per
+    stage, with ``x2/1/1/1`` blocks when not all one), ``e3k5 ...`` per MobileNetV2 stage; ""
+    when the Arch sets none."""
+    args = arch.get("model_args", {})
+    parts = []
+    if "channels" in args:
+        parts.append("ch " + "/".join(map(str, args["channels"])))
+    if "layers" in args and set(args["layers"]) != {1}:
+        parts.append("x" + "/".join(map(str, args["layers"])))
+    if "arch_def" in arch:
+        parts.append("c " + "/".join(st[0].split("_c")[-1].split("_")[0] for st in arch["arch_def"])
+                     + " d " + "/".join(str(len(st)) for st in arch["arch_def"]))
+    return " ".join(parts)
+
+
 def arch_summary(arch: Arch) -> str:
-    """A short human summary: ``resnet18: dsa x2, se x1, aw_conv x1`` (or ``no attention``)."""
+    """A short human summary: ``ch 8/16/32/64; dsa x2, se x1, aw_conv x1`` (or ``no attention``)."""
+    structure = structure_summary(arch)
+    return (structure + "; " if structure else "") + _attention_summary(arch)
+
+
+def _attention_summary(arch: Arch) -> str:
     counts: Dict[str, int] = {}
     for choice in arch.get("blocks", {}).values():
         name = choice.get("attention", "none")

@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multi-objective search over attention modules in timm CNNs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("search", help="run a search (default: digits_resnet on this machine)")
-    p.add_argument("--space", default="digits_resnet", help="shipped space name or YAML path")
+    p = sub.add_parser("search", help="run a search (default: cluttered_resnet on this machine)")
+    p.add_argument("--space", default="cluttered_resnet", help="shipped space name or YAML path")
     p.add_argument("--trials", type=_positive_int, help="trial budget (overrides search.trials)")
     p.add_argument("--concurrent", type=_positive_int, help="trials at once (search.concurrent)")
     p.add_argument("--epochs", type=_positive_int, help="epochs per trial (train.epochs)")

@@ -164,3 +164,13 @@ def test_arch_def_only_for_mobilenetv2():
         build_model({"model": "resnet18", "blocks": {}, "arch_def": [["ir_r1_k3_s1_e6_c16"]]})
     with pytest.raises(ArchError, match="cannot decode"):
         build_model({"model": "mobilenetv2_050", "blocks": {}, "arch_def": [["zz_r1_q3"]]})
+
+
+def test_summaries_show_the_structure():
+    from nas_attn.arch import arch_summary
+    space = loads(RESNET)
+    arch = space.extreme_arch(False)
+    assert arch_summary(arch) == "ch 8/16/32/64; no attention"
+    assert arch_summary(space.baseline()).startswith("ch 16/32/64/128 x2/2/2/2; ")
+    mnv2 = loads(MOBILENET).extreme_arch(True)
+    assert arch_summary(mnv2).startswith("c 8/16/16/32/48/80/160 d 1/2/2/4/3/3/1")

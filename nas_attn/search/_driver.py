@@ -90,7 +90,7 @@ def default_run_dir(space: SearchSpace) -> Path:
     return Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run(space: Union[SearchSpace, str, os.PathLike] = "digits_resnet", *, trials: Optional[int] = None,
+def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, trials: Optional[int] = None,
         concurrent: Optional[int] = None, epochs: Optional[int] = None, sampler: Optional[str] = None,
         seed: Optional[int] = None, cpus_per_trial: Optional[float] = None,
         gpus_per_trial: Optional[float] = None, address: Optional[str] = None,

@@ -1,0 +1,42 @@
+"""Wilson intervals, seed means and the budget rule of the samplers."""
+import math
+
+import pytest
+
+from nas_attn.intervals import mean_interval, wilson_interval
+from nas_attn.samplers import population_size, sampler_settings, startup_trials
+
+
+def test_wilson_matches_published_values():
+    # 50 of 100: the textbook Wilson 95% interval is (0.4038, 0.5962)
+    low, high = wilson_interval(0.5, 100)
+    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
+    # 0 of 10: (0, 0.2775); 10 of 10: (0.7225, 1)
+    assert wilson_interval(0.0, 10)[0] == 0.0 and round(wilson_interval(0.0, 10)[1], 4) == 0.2775
+    assert round(wilson_interval(1.0, 10)[0], 4) == 0.7225 and wilson_interval(1.0, 10)[1] == 1.0
+
+
+def test_wilson_narrows_with_more_images_and_passes_nan():
+    w = [wilson_interval(0.8, n) for n in (100, 2100)]
+    assert w[1][1] - w[1][0] < 0.35 * (w[0][1] - w[0][0])
+    assert all(math.isnan(v) for v in wilson_interval(float("nan"), 100))
+    with pytest.raises(ValueError, match="validation images"):
+        wilson_interval(0.5, 0)
+    with pytest.raises(ValueError, match="fraction"):
+        wilson_interval(1.5, 10)
+
+
+def test_mean_interval_uses_student_t():
+    mean, low, high = mean_interval([0.80, 0.82, 0.84])
+    # sd 0.02, se 0.01155, t(2) 4.303 -> half 0.0497
+    assert mean == pytest.approx(0.82) and high - mean == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert math.isnan(mean_interval([0.9])[1]) and mean_interval([0.9])[0] == 0.9
+
+
+def test_sampler_rule_follows_the_budget():
+    assert [population_size(t) for t in (8, 12, 40, 100, 200, 1000)] == [4, 4, 10, 25, 50, 50]
+    assert [startup_trials(t) for t in (8, 12, 16, 40, 1000)] == [3, 3, 4, 10, 10]
+    assert sampler_settings("nsga2", 12) == {"population_size": 4}
+    assert sampler_settings("nsga2", 12, population=6) == {"population_size": 6}
+    assert sampler_settings("tpe", 100, startup=20) == {"n_startup_trials": 20}
+    assert sampler_settings("random", 12) == {}
