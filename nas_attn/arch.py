@@ -7,7 +7,8 @@ An Arch is a plain JSON-serialisable dict that says everything needed to rebuild
      "stem": "default",                         # or "cifar" (see below)
      "blocks": {"layer1.0": {"attention": "dsa",
                              "attention_kwargs": {"threshold": 0.3},
-                             "aw_conv": {"mid": 8}},      # or None: plain conv
+                             "aw_conv": {"mid": 8},       # or None: plain conv
+                             "gate": {"threshold": 0.3}}, # or None: no DSA gate
                 ...}}
 
 Blocks are named by their timm module path (``layer3.1`` in a ResNet, ``blocks.4.0`` in a
@@ -15,8 +16,10 @@ MobileNetV2/EfficientNet). A listed block gets ``attention`` in its attention sl
 ``block.se``: after the last BN of a ResNet block, after the depthwise conv of an inverted
 residual); ``"none"`` empties the slot, also removing attention the base model had
 (efficientnet_b0's SE). ``aw_conv`` replaces the block's spatial conv (ResNet ``conv2``, the
-depthwise ``conv_dw``) by an :class:`~nas_attn.modules.AWConv2d`. Blocks not listed keep
-what the base model has.
+depthwise ``conv_dw``) by an :class:`~nas_attn.modules.AWConv2d`. ``gate`` (keyword arguments
+of :class:`~nas_attn.modules.DSAGate`) gates the block's residual branch with DSA's keep mask,
+``y = shortcut(x) + M * branch(x)`` (:func:`~nas_attn.modules.gate_block`); a block without a
+skip connection cannot take one (ArchError). Blocks not listed keep what the base model has.
 
 Cost knobs (width, depth, expansion ratio, depthwise kernel) are timm's own model arguments,
 so rebuilding needs nothing but the Arch:
@@ -51,7 +54,7 @@ from timm.models import register_model
 from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 
-from .modules import AWConv2d, create_attn
+from .modules import AWConv2d, create_attn, gate_block, why_not_gateable
 
 ENTRYPOINT = "nas_attn_cnn"
 ARCH_KEYS = ("model", "model_args", "stem", "blocks", "arch_def")
@@ -266,7 +269,24 @@ def build_model(arch: Arch, **model_overrides) -> nn.Module:
                 raise ArchError(f"block {block_name}: AW-conv replaces a plain nn.Conv2d, "
                                 f"but {site.conv_attr} is a {type(conv).__name__}")
             setattr(site.block, site.conv_attr, AWConv2d.from_conv(conv, **aw_kwargs))
+        gate_kwargs = choice.get("gate")
+        if gate_kwargs is not None:
+            if not isinstance(gate_kwargs, dict):
+                raise ArchError(f"block {block_name}: 'gate' must be a dict of DSAGate keyword "
+                                f"arguments or None, got {gate_kwargs!r}")
+            reason = why_not_gateable(site.block)
+            if reason is not None:
+                raise ArchError(f"block {block_name} cannot take a DSA gate: {reason}")
+            try:
+                gate_block(site.block, **gate_kwargs)
+            except ValueError as exc:
+                raise ArchError(f"block {block_name}: gate: {exc}") from None
     return model
+
+
+def gateable_blocks(model: nn.Module) -> Dict[str, Optional[str]]:
+    """Block name -> None if the block can take a DSA gate, else the reason it cannot."""
+    return {name: why_not_gateable(site.block) for name, site in attention_sites(model).items()}
 
 
 def carried_pretrained_cfg(base_cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -297,7 +317,7 @@ def structure_summary(arch: Arch) -> str:
 
 
 def arch_summary(arch: Arch) -> str:
-    """A short human summary: ``ch 8/16/32/64; dsa x2, se x1, aw_conv x1`` (or ``no attention``)."""
+    """A short human summary: ``ch 8/16/32/64; dsa x2, se x1, aw_conv x1, dsa_gate x3`` (or ``no attention``)."""
     structure = structure_summary(arch)
     return (structure + "; " if structure else "") + _attention_summary(arch)
 
@@ -310,15 +330,17 @@ def _attention_summary(arch: Arch) -> str:
             counts[name] = counts.get(name, 0) + 1
         if choice.get("aw_conv") is not None:
             counts["aw_conv"] = counts.get("aw_conv", 0) + 1
+        if choice.get("gate") is not None:
+            counts["dsa_gate"] = counts.get("dsa_gate", 0) + 1
     return ", ".join(f"{name} x{n}" for name, n in counts.items()) or "no attention"
 
 
 def is_baseline(arch: Optional[Arch]) -> bool:
-    """True for the Arch with no attention module and no AW-conv in any block."""
+    """True for the Arch with no attention module, no AW-conv and no DSA gate in any block."""
     if not isinstance(arch, dict):
         return False
     return all(choice.get("attention", "none") == "none" and choice.get("aw_conv") is None
-               for choice in (arch.get("blocks") or {}).values())
+               and choice.get("gate") is None for choice in (arch.get("blocks") or {}).values())
 
 
 @register_model

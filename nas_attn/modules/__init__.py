@@ -4,6 +4,8 @@
   its attention layers, ``cls(channels, **kwargs)``, (B, C, H, W) in and out.
 * :class:`AWConv2d`: attention on the weights, a drop-in replacement of ``nn.Conv2d``
   (``AWConv2d.from_conv(conv)``).
+* :class:`DSAGate` and :func:`gate_block`: DSA's keep mask gating a residual block's branch
+  (``y = shortcut(x) + M * branch(x)``), computed only at kept pixels in eval mode.
 * :func:`create_attn`, :func:`get_attn_class`, :func:`available`: the registry over ours,
   timm's and "none". :data:`HYPERPARAMETERS` and :func:`check_kwargs` give and check the
   valid range of every hyperparameter.
@@ -12,6 +14,9 @@ from ._common import TIMM_PASSTHROUGH_KWARGS, UnknownArgumentError
 from .aw_conv import AWConv2d
 from .cpsam import CPSAM
 from .dsa import DSA
+from .dsa_gate import (
+    DSAGate, branch_fractions, gate_block, is_gated, set_sparse, why_not_gateable,
+)
 from .registry import (
     EXCLUDED_TIMM, HYPERPARAMETERS, available, check_kwargs, create_attn, get_attn_class,
 )
@@ -19,6 +24,7 @@ from .sca import SCA
 
 __all__ = [
     "DSA", "SCA", "CPSAM", "AWConv2d",
+    "DSAGate", "gate_block", "why_not_gateable", "is_gated", "set_sparse", "branch_fractions",
     "create_attn", "available", "get_attn_class", "check_kwargs",
     "HYPERPARAMETERS", "EXCLUDED_TIMM", "TIMM_PASSTHROUGH_KWARGS", "UnknownArgumentError",
 ]

@@ -19,10 +19,13 @@ from ._common import (
 from .aw_conv import AWConv2d
 from .cpsam import CPSAM
 from .dsa import DSA
+from .dsa_gate import DSAGate
 from .sca import SCA
 
 OUR_ATTENTION = {"dsa": DSA, "sca": SCA, "cpsam": CPSAM}
 CONV_REPLACEMENTS = {"aw_conv": AWConv2d}
+# Gates wrap a whole residual block (an Arch block's "gate" key), not its attention slot.
+GATES = {"dsa_gate": DSAGate}
 
 # timm names that keep the shape for any H, W >= 1 and any channel count >= 8, measured on
 # timm 1.0.31 (C in 8, 24, 64, 256; H = W in 1, 3, 7, 14).
@@ -63,6 +66,7 @@ HYPERPARAMETERS: Dict[str, Dict[str, Spec]] = {
     "sca": dict(SCA.HYPERPARAMETERS),
     "cpsam": dict(CPSAM.HYPERPARAMETERS),
     "aw_conv": dict(AWConv2d.HYPERPARAMETERS),
+    "dsa_gate": dict(DSAGate.HYPERPARAMETERS),
     "se": {"rd_ratio": _RD_RATIO, "rd_divisor": int_spec(8, 1, None, doc="round rd channels to a multiple"),
            "add_maxpool": bool_spec(False, doc="add global max pooling to the squeeze")},
     "ese": {"add_maxpool": bool_spec(False, doc="add global max pooling to the squeeze")},
@@ -124,9 +128,11 @@ def _normalise(name) -> str:
 
 
 def available(kind: str = "all") -> List[str]:
-    """Sorted registry names. kind: "all", "attention" (activation attention and "none") or "conv" (aw_conv)."""
+    """Sorted registry names. kind: "all", "attention" (activation attention and "none"), "conv"
+    (aw_conv) or "gate" (dsa_gate)."""
     attention = set(OUR_ATTENTION) | set(TIMM_ATTENTION) | {"none"}
-    kinds = {"all": attention | set(CONV_REPLACEMENTS), "attention": attention, "conv": set(CONV_REPLACEMENTS)}
+    kinds = {"all": attention | set(CONV_REPLACEMENTS) | set(GATES), "attention": attention,
+             "conv": set(CONV_REPLACEMENTS), "gate": set(GATES)}
     if kind not in kinds:
         raise ValueError(f"available: kind must be one of {', '.join(sorted(kinds))}, got {kind!r}")
     return sorted(kinds[kind])
@@ -151,6 +157,9 @@ def get_attn_class(name: str) -> Optional[Callable[..., nn.Module]]:
     if key in CONV_REPLACEMENTS:
         raise ValueError(f"{key!r} replaces a convolution and has no attention slot form: build it "
                          f"with AWConv2d.from_conv(conv, **kwargs) on the conv it replaces")
+    if key in GATES:
+        raise ValueError(f"{key!r} gates a whole residual block, not its attention slot: give the "
+                         f"block a 'gate' key (nas_attn.modules.gate_block(block, **kwargs))")
     raise _unknown_name(key, "attention")
 
 

@@ -1,0 +1,507 @@
+"""DSA gate: DSA's keep mask, computed from a block's input, gating the block's residual branch.
+
+The idea is DynConv's (T. Verelst, T. Tuytelaars, "Dynamic Convolutions: Exploiting Spatial
+Sparsity for Faster Inference", CVPR 2020): a residual block returns
+``y = shortcut(x) + M * branch(x)``, so pixels outside the keep mask ``M`` pass the shortcut
+unchanged and the branch needs computing only where ``M`` is set (and, for the convolutions
+before the last one, on ``M`` dilated by the receptive field of what follows them). DynConv
+learns its mask with a Gumbel straight-through estimator; here the mask is DSA's
+(H. Wei, Z. Wang, G. Hua, Y. Zhao, "Double Spatial Attention for Convolution Neural
+Networks", ICBDA 2022), parameter-free, so nothing about it is learned: training runs the
+branch densely with the mask multiplied in, and inference can gather the kept pixels,
+compute only them and scatter the result back. Putting DSA at the block input as a gate is
+our reconstruction of "dynamically prunes the redundant spatial pixels ... and reduces the
+redundant computation", not something either paper describes in this form.
+
+What can be gated (:func:`why_not_gateable`):
+
+* timm ResNet ``BasicBlock`` and ``Bottleneck``, including the first block of a stage that
+  changes resolution or width: the mask lives on the block's *output* grid (DSA's foreground
+  map of the input, average-pooled to the output size), the shortcut (identity or the
+  ``downsample`` conv) always runs densely, and the branch is computed at kept output pixels.
+* timm ``InvertedResidual`` (MobileNetV2, EfficientNet) when it has a skip connection
+  (stride 1, same width). A block without one (the first block of most stages) returns
+  ``branch(x)`` alone: pruned pixels would become zeros instead of passing through, so it is
+  not gateable, and validation says so.
+
+A gated block keeps its class's module paths and state-dict keys (the gate has no parameters
+and no buffers), so weights, cost attribution by module path and every lookup by block name
+work unchanged; see :func:`gate_block`.
+
+Attention in the block's ``se`` slot stays where it is and sees the branch with pruned pixels
+set to zero (``se(M * h)``); in the sparse path it runs densely on the scattered kept pixels.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.models._efficientnet_blocks import InvertedResidual
+from timm.models.resnet import BasicBlock, Bottleneck
+
+from ._common import bool_spec
+from .dsa import DSA
+
+__all__ = [
+    "DSAGate", "GatedBasicBlock", "GatedBottleneck", "GatedInvertedResidual",
+    "gate_block", "why_not_gateable", "is_gated", "set_sparse", "branch_fractions",
+]
+
+
+class DSAGate(DSA):
+    """Keep mask of a residual branch by DSA's rule; zero parameters.
+
+    A subclass of :class:`~nas_attn.modules.DSA` so that saliency, foreground, threshold,
+    keep ratio and the flat-map keep-all rule are DSA's own methods, not copies. It never
+    reweights (the gate is a mask on the branch, not attention on the activations).
+
+    Args:
+        channels: input channels of the gated block (unused; timm's signature).
+        threshold, reduce, prune_mode, keep_ratio, eps: as for DSA.
+        sparse: in eval mode, run the gated branch on the kept pixels only (gather, compute,
+            scatter). False keeps the dense masked computation everywhere. Either gives the
+            same output; ``set_sparse(model, False)`` flips every gate of a model.
+
+    Attributes:
+        kept_fraction: fraction of the output grid's pixels kept in the last forward (float).
+        last_mask: the boolean keep mask (B, 1, H_out, W_out) of the last forward, detached
+            (the cost model derives from it the pixels each branch conv must compute).
+    """
+
+    HYPERPARAMETERS = {
+        **{k: v for k, v in DSA.HYPERPARAMETERS.items() if k != "reweight"},
+        "sparse": bool_spec(True, doc="eval mode computes only kept pixels (gather/scatter)"),
+    }
+
+    def __init__(
+            self,
+            channels: int,
+            threshold: float = 0.5,
+            reduce: str = "mean",
+            prune_mode: str = "threshold",
+            keep_ratio: float = 0.5,
+            eps: float = 1e-6,
+            sparse: bool = True,
+            **kwargs,
+    ):
+        if "reweight" in kwargs:
+            raise ValueError("DSAGate: reweight is not a gate hyperparameter (a gate only masks the branch)")
+        super().__init__(channels, threshold=threshold, reduce=reduce, prune_mode=prune_mode,
+                         keep_ratio=keep_ratio, reweight=False, eps=eps, **kwargs)
+        if not isinstance(sparse, bool):
+            raise ValueError(f"DSAGate: sparse must be a bool (True or False), got {sparse!r}")
+        self.sparse = sparse
+        self.last_mask: Optional[torch.Tensor] = None
+        self.last_in_size: Tuple[int, int] = (0, 0)
+
+    def forward(self, x: torch.Tensor, out_size: List[int]) -> torch.Tensor:
+        """Boolean keep mask (B, 1, out_size[0], out_size[1]) from the block input ``x``.
+
+        On a coarser output grid the foreground map is average-pooled to it before the
+        threshold / keep-ratio rule, so a kept output pixel is one whose input window is
+        salient on average.
+        """
+        a_fg, informative = self.foreground(x)
+        if a_fg.shape[-2] != out_size[0] or a_fg.shape[-1] != out_size[1]:
+            a_fg = F.adaptive_avg_pool2d(a_fg, out_size)
+        mask = self.keep_mask(a_fg, informative)
+        self._kept_fraction = mask.detach().float().mean()
+        self.last_mask = mask.detach()
+        self.last_in_size = (int(x.shape[-2]), int(x.shape[-1]))
+        return mask
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().replace(", reweight=False", "") + f", sparse={self.sparse}"
+
+
+# ----------------------------------------------------------------------------- sparse helpers
+#
+# A feature map in the sparse path is a table of pixel rows, (B*H*W, C), the layout of a
+# channels-last tensor (a view when the input is channels-last, one copy otherwise); an extra
+# all-zero row at the end stands for every pixel outside the image (a convolution's zero
+# padding). Convolutions are matrix products of gathered neighbourhoods (im2col restricted to
+# the kept pixels): measured on 2 threads this beat (a) a dense conv on the scattered map, which
+# saves nothing, and (b) per-tile dense convs, which only pay off for masks made of large tiles.
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _with_zero_row(table: torch.Tensor) -> torch.Tensor:
+    return torch.cat([table, table.new_zeros(1, table.shape[1])], 0)
+
+
+def _pair(v) -> Tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _neighbours(pos: torch.Tensor, out_hw: List[int], in_hw: List[int], conv: nn.Conv2d) -> torch.Tensor:
+    """Row indices (N, kh*kw) into a (B*H_in*W_in + 1) table of the input pixels each output
+    pixel ``pos`` (flat indices into B*H_out*W_out) reads; out-of-image reads point at the
+    last (zero) row. Order: kernel row, kernel column, as the weight's (kh, kw)."""
+    ho, wo = out_hw
+    hi, wi = in_hw
+    kh, kw = _pair(conv.kernel_size)
+    sh, sw = _pair(conv.stride)
+    ph, pw = _pair(conv.padding)
+    dh, dw = _pair(conv.dilation)
+    b = pos // (ho * wo)
+    rem = pos % (ho * wo)
+    oy = rem // wo
+    ox = rem % wo
+    dy = torch.arange(kh, device=pos.device).repeat_interleave(kw) * dh
+    dx = torch.arange(kw, device=pos.device).repeat(kh) * dw
+    iy = (oy * sh - ph).unsqueeze(1) + dy.unsqueeze(0)
+    ix = (ox * sw - pw).unsqueeze(1) + dx.unsqueeze(0)
+    inside = (iy >= 0) & (iy < hi) & (ix >= 0) & (ix < wi)
+    flat = b.unsqueeze(1) * (hi * wi) + iy * wi + ix
+    return torch.where(inside, flat, torch.full_like(flat, -1))
+
+
+def _needed(nbrs: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    """Sorted flat indices of the in-image input pixels read through ``nbrs`` (-1 = outside)."""
+    flag = torch.zeros(n_pixels + 1, dtype=torch.bool, device=nbrs.device)
+    flag[nbrs.flatten()] = True  # -1 lands on the last entry, dropped below
+    return flag[:-1].nonzero().squeeze(1)
+
+
+def _fix_outside(nbrs: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    return torch.where(nbrs < 0, torch.full_like(nbrs, n_pixels), nbrs)
+
+
+def _conv_rows(table: torch.Tensor, nbrs: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv`` evaluated at the output pixels whose input rows are ``nbrs`` (N, kh*kw) in
+    ``table`` (rows + zero row). Dense (groups 1) or depthwise (groups == C_in == C_out)."""
+    weight = conv.weight
+    c_out, c_in_g, kh, kw = weight.shape
+    n = nbrs.shape[0]
+    if conv.groups == 1:
+        if kh * kw == 1:
+            cols = table.index_select(0, nbrs.view(-1))
+        else:
+            cols = table.index_select(0, nbrs.reshape(-1)).view(n, kh * kw * c_in_g)
+        # (C_out, kh, kw, C_in): a view when the weight is channels-last
+        out = cols @ weight.permute(0, 2, 3, 1).reshape(c_out, -1).t()
+    else:
+        # depthwise: one multiply-add per tap keeps the working set at (N, C)
+        taps = weight.view(c_out, kh * kw)
+        out = table.index_select(0, nbrs[:, 0]) * taps[:, 0]
+        for t in range(1, kh * kw):
+            out = out.addcmul_(table.index_select(0, nbrs[:, t]), taps[:, t])
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out
+
+
+def _norm_rows(rows: torch.Tensor, bn: nn.Module) -> torch.Tensor:
+    """Eval-mode BatchNorm (and the activation of a timm BatchNormAct2d) on pixel rows."""
+    out = F.batch_norm(rows, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    act = getattr(bn, "act", None)
+    if act is not None:
+        out = act(out)
+    return out
+
+
+def _plain_conv(conv: nn.Module, depthwise_ok: bool) -> bool:
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    return conv.groups == 1 or (depthwise_ok and conv.groups == conv.in_channels == conv.out_channels)
+
+
+def _plain_norm(bn: nn.Module) -> bool:
+    if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_mean is None:
+        return False
+    drop = getattr(bn, "drop", None)
+    return drop is None or isinstance(drop, nn.Identity)
+
+
+def _identity(m: Optional[nn.Module]) -> bool:
+    return m is None or isinstance(m, nn.Identity)
+
+
+def _output(rows: torch.Tensor, like: torch.Tensor, shape: List[int]) -> torch.Tensor:
+    """Rows (B*H*W, C) back to (B, C, H, W), in ``like``'s memory format."""
+    out = rows.view(shape[0], shape[2], shape[3], shape[1]).permute(0, 3, 1, 2)
+    if like.is_contiguous(memory_format=torch.channels_last):
+        return out
+    return out.contiguous()
+
+
+def _attend_rows(se: nn.Module, rows: torch.Tensor, pos: torch.Tensor, shape: List[int],
+                 like: torch.Tensor) -> torch.Tensor:
+    """Run the slot attention densely on the kept rows scattered into zeros; rows back at ``pos``."""
+    dense = rows.new_zeros(shape[0] * shape[2] * shape[3], shape[1])
+    dense.index_copy_(0, pos, rows)
+    attended = se(_output(dense, like, shape))
+    return _rows(attended).index_select(0, pos)
+
+
+# ----------------------------------------------------------------------------- gated blocks
+
+
+class _Gated:
+    """Shared parts of the gated block classes (a mixin; the timm class supplies the rest)."""
+
+    gate: DSAGate
+
+    def _use_sparse(self) -> bool:
+        return (not self.training and self.gate.sparse and not torch.is_grad_enabled()
+                and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+                and self._sparse_supported())
+
+    def _sparse_supported(self) -> bool:
+        raise NotImplementedError
+
+    def branch_convs(self) -> List[str]:
+        """Attribute names of the branch's convolutions, input to output."""
+        raise NotImplementedError
+
+
+class GatedBasicBlock(BasicBlock, _Gated):
+    """timm ResNet BasicBlock with ``y = act(shortcut(x) + M * branch(x))``."""
+
+    def branch_convs(self) -> List[str]:
+        return ["conv1", "conv2"]
+
+    def _sparse_supported(self) -> bool:
+        return (_plain_conv(self.conv1, False) and _plain_conv(self.conv2, False)
+                and _plain_norm(self.bn1) and _plain_norm(self.bn2)
+                and _identity(self.aa) and _identity(self.drop_block))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        mask = self.gate(x, [shortcut.shape[-2], shortcut.shape[-1]])
+        if self._use_sparse():
+            return self._forward_sparse(x, shortcut, mask)
+        m = mask.to(x.dtype)
+        h = self.act1(self.drop_block(self.bn1(self.conv1(x))))
+        h = self.bn2(self.conv2(self.aa(h))) * m
+        if self.se is not None:
+            h = self.se(h) * m
+        if self.drop_path is not None:
+            h = self.drop_path(h)
+        return self.act2(h + shortcut)
+
+    def _forward_sparse(self, x, shortcut, mask):
+        b, _, hi, wi = x.shape
+        ho, wo = shortcut.shape[-2:]
+        pos = mask.view(-1).nonzero().squeeze(1)
+        nbr2 = _neighbours(pos, [ho, wo], [ho, wo], self.conv2)
+        need1 = _needed(nbr2, b * ho * wo)
+        nbr1 = _fix_outside(_neighbours(need1, [ho, wo], [hi, wi], self.conv1), b * hi * wi)
+        h1 = self.act1(_norm_rows(_conv_rows(_with_zero_row(_rows(x)), nbr1, self.conv1), self.bn1))
+        table1 = h1.new_zeros(b * ho * wo + 1, h1.shape[1])
+        table1.index_copy_(0, need1, h1)
+        h2 = _norm_rows(_conv_rows(table1, _fix_outside(nbr2, b * ho * wo), self.conv2), self.bn2)
+        shape = [b, h2.shape[1], ho, wo]
+        if self.se is not None:
+            h2 = _attend_rows(self.se, h2, pos, shape, x)
+        out = _rows(shortcut).index_add(0, pos, h2)
+        return _output(self.act2(out), x, shape)
+
+
+class GatedBottleneck(Bottleneck, _Gated):
+    """timm ResNet Bottleneck with ``y = act(shortcut(x) + M * branch(x))``."""
+
+    def branch_convs(self) -> List[str]:
+        return ["conv1", "conv2", "conv3"]
+
+    def _sparse_supported(self) -> bool:
+        return (all(_plain_conv(c, False) for c in (self.conv1, self.conv2, self.conv3))
+                and self.conv1.kernel_size == (1, 1) and self.conv1.stride == (1, 1)
+                and self.conv3.kernel_size == (1, 1) and self.conv3.stride == (1, 1)
+                and all(_plain_norm(n) for n in (self.bn1, self.bn2, self.bn3))
+                and _identity(self.aa) and _identity(self.drop_block))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        mask = self.gate(x, [shortcut.shape[-2], shortcut.shape[-1]])
+        if self._use_sparse():
+            return self._forward_sparse(x, shortcut, mask)
+        m = mask.to(x.dtype)
+        h = self.act1(self.bn1(self.conv1(x)))
+        h = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(h)))))
+        h = self.bn3(self.conv3(h)) * m
+        if self.se is not None:
+            h = self.se(h) * m
+        if self.drop_path is not None:
+            h = self.drop_path(h)
+        return self.act3(h + shortcut)
+
+    def _forward_sparse(self, x, shortcut, mask):
+        b, _, hi, wi = x.shape
+        ho, wo = shortcut.shape[-2:]
+        pos = mask.view(-1).nonzero().squeeze(1)
+        nbr2 = _neighbours(pos, [ho, wo], [hi, wi], self.conv2)
+        need1 = _needed(nbr2, b * hi * wi)
+        h1 = _rows(x).index_select(0, need1) @ self.conv1.weight.view(self.conv1.out_channels, -1).t()
+        if self.conv1.bias is not None:
+            h1 = h1 + self.conv1.bias
+        h1 = self.act1(_norm_rows(h1, self.bn1))
+        table1 = h1.new_zeros(b * hi * wi + 1, h1.shape[1])
+        table1.index_copy_(0, need1, h1)
+        h2 = self.act2(_norm_rows(_conv_rows(table1, _fix_outside(nbr2, b * hi * wi), self.conv2), self.bn2))
+        h3 = h2 @ self.conv3.weight.view(self.conv3.out_channels, -1).t()
+        if self.conv3.bias is not None:
+            h3 = h3 + self.conv3.bias
+        h3 = _norm_rows(h3, self.bn3)
+        shape = [b, h3.shape[1], ho, wo]
+        if self.se is not None:
+            h3 = _attend_rows(self.se, h3, pos, shape, x)
+        out = _rows(shortcut).index_add(0, pos, h3)
+        return _output(self.act3(out), x, shape)
+
+
+class GatedInvertedResidual(InvertedResidual, _Gated):
+    """timm InvertedResidual (with a skip) with ``y = x + M * branch(x)``."""
+
+    def branch_convs(self) -> List[str]:
+        return ["conv_pw", "conv_dw", "conv_pwl"]
+
+    def _sparse_supported(self) -> bool:
+        return (_plain_conv(self.conv_pw, False) and _plain_conv(self.conv_dw, True)
+                and _plain_conv(self.conv_pwl, False)
+                and self.conv_pw.kernel_size == (1, 1) and self.conv_pwl.kernel_size == (1, 1)
+                and self.conv_dw.stride == (1, 1)
+                and all(_plain_norm(n) for n in (self.bn1, self.bn2, self.bn3))
+                and _identity(self.aa))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.gate(x, [x.shape[-2], x.shape[-1]])
+        if self._use_sparse():
+            return self._forward_sparse(x, mask)
+        m = mask.to(x.dtype)
+        h = self.aa(self.bn2(self.conv_dw(self.bn1(self.conv_pw(x)))))
+        if not isinstance(self.se, nn.Identity):
+            h = self.se(h * m)
+        h = self.bn3(self.conv_pwl(h)) * m
+        return self.drop_path(h) + x
+
+    def _forward_sparse(self, x, mask):
+        b, c, hi, wi = x.shape
+        pos = mask.view(-1).nonzero().squeeze(1)
+        nbr_dw = _neighbours(pos, [hi, wi], [hi, wi], self.conv_dw)
+        need1 = _needed(nbr_dw, b * hi * wi)
+        x_rows = _rows(x)
+        h1 = x_rows.index_select(0, need1) @ self.conv_pw.weight.view(self.conv_pw.out_channels, -1).t()
+        if self.conv_pw.bias is not None:
+            h1 = h1 + self.conv_pw.bias
+        h1 = _norm_rows(h1, self.bn1)
+        table1 = h1.new_zeros(b * hi * wi + 1, h1.shape[1])
+        table1.index_copy_(0, need1, h1)
+        h2 = _norm_rows(_conv_rows(table1, _fix_outside(nbr_dw, b * hi * wi), self.conv_dw), self.bn2)
+        if not isinstance(self.se, nn.Identity):
+            h2 = _attend_rows(self.se, h2, pos, [b, h2.shape[1], hi, wi], x)
+        h3 = h2 @ self.conv_pwl.weight.view(self.conv_pwl.out_channels, -1).t()
+        if self.conv_pwl.bias is not None:
+            h3 = h3 + self.conv_pwl.bias
+        h3 = _norm_rows(h3, self.bn3)
+        return _output(x_rows.index_add(0, pos, h3), x, [b, c, hi, wi])
+
+
+_GATED = {BasicBlock: GatedBasicBlock, Bottleneck: GatedBottleneck, InvertedResidual: GatedInvertedResidual}
+
+
+def why_not_gateable(block: nn.Module) -> Optional[str]:
+    """None if :func:`gate_block` can gate ``block``, else the reason (one sentence)."""
+    if isinstance(block, tuple(_GATED.values())):
+        return "the block already has a gate"
+    kind = type(block)
+    if kind not in _GATED:
+        return (f"a {kind.__name__} is not gateable: the DSA gate wraps timm ResNet BasicBlock/"
+                f"Bottleneck and InvertedResidual blocks")
+    if kind is InvertedResidual:
+        if not block.has_skip:
+            return ("this InvertedResidual has no skip connection (it changes resolution or "
+                    "width), so pruned pixels would be zeroed instead of passing through")
+        if block.conv_s2d is not None:
+            return "an InvertedResidual with space-to-depth (s2d) is not gateable"
+    return None
+
+
+def gate_block(block: nn.Module, **gate_kwargs) -> nn.Module:
+    """Gate a timm residual block in place: ``y = shortcut(x) + M * branch(x)``; returns it.
+
+    The block's class becomes its gated subclass (``BasicBlock`` -> :class:`GatedBasicBlock`,
+    ...) and it gains a ``gate`` child (:class:`DSAGate`, built from ``gate_kwargs``). Why a
+    class swap rather than a wrapper module: a wrapper would move every submodule one level
+    down (``layer1.0.conv1`` -> ``layer1.0.block.conv1``), changing state-dict keys, the module
+    paths the cost model attributes to and every lookup by block name; the subclass keeps all
+    of them and ``isinstance(block, BasicBlock)`` stays true.
+
+    Raises ValueError with :func:`why_not_gateable`'s reason.
+    """
+    reason = why_not_gateable(block)
+    if reason is not None:
+        raise ValueError(reason)
+    gate = DSAGate(_in_channels(block), **gate_kwargs)
+    block.__class__ = _GATED[type(block)]
+    block.gate = gate
+    return block
+
+
+def _in_channels(block: nn.Module) -> int:
+    conv = block.conv1 if hasattr(block, "conv1") else block.conv_pw
+    return conv.in_channels
+
+
+def is_gated(module: nn.Module) -> bool:
+    return isinstance(module, _Gated)
+
+
+def set_sparse(model: nn.Module, sparse: bool) -> int:
+    """Turn the sparse eval path of every gate in ``model`` on or off; returns how many gates."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, DSAGate):
+            m.sparse = bool(sparse)
+            n += 1
+    return n
+
+
+def _needed_input_mask(mask: torch.Tensor, conv: nn.Conv2d, in_hw: Tuple[int, int]) -> torch.Tensor:
+    """Input pixels (B, 1, H_in, W_in) a conv reads to produce the output pixels in ``mask``."""
+    kh, kw = _pair(conv.kernel_size)
+    sh, sw = _pair(conv.stride)
+    if (kh, kw, sh, sw) == (1, 1, 1, 1):
+        return mask
+    ph, pw = _pair(conv.padding) if not isinstance(conv.padding, str) else ((kh - 1) // 2, (kw - 1) // 2)
+    dh, dw = _pair(conv.dilation)
+    ho, wo = mask.shape[-2:]
+    op_h = in_hw[0] - ((ho - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
+    op_w = in_hw[1] - ((wo - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
+    ones = torch.ones(1, 1, kh, kw)
+    hit = F.conv_transpose2d(mask.float().cpu(), ones, stride=(sh, sw), padding=(ph, pw),
+                             output_padding=(op_h, op_w), dilation=(dh, dw))
+    return hit > 0
+
+
+def branch_fractions(block: nn.Module, mask: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """Fraction of its output pixels each branch conv of a gated block must compute.
+
+    Walking back from the last conv (computed at the mask ``M``), each earlier conv is needed
+    at the input pixels the next one reads: ``M`` dilated by the next conv's kernel (and
+    mapped through its stride), as DynConv dilates its masks. ``mask`` defaults to the
+    gate's mask of the last forward. Keys are the conv attribute names (``conv1``, ...).
+    """
+    if not is_gated(block):
+        raise ValueError(f"branch_fractions needs a gated block, got {type(block).__name__}")
+    mask = block.gate.last_mask if mask is None else mask
+    if mask is None:
+        raise ValueError("the gate has not run yet: pass a mask or run a forward first")
+    names = block.branch_convs()
+    fractions: Dict[str, float] = {}
+    need = mask.bool()
+    for i in range(len(names) - 1, -1, -1):
+        fractions[names[i]] = int(need.sum()) / need.numel()
+        if i > 0:
+            conv = getattr(block, names[i])
+            # a strided conv of these blocks reads a map at the block input's resolution;
+            # a stride-1 conv keeps the grid
+            in_hw = block.gate.last_in_size if _pair(conv.stride) != (1, 1) else tuple(need.shape[-2:])
+            need = _needed_input_mask(need, conv, in_hw)
+    return {name: fractions[name] for name in names}
+

@@ -1,0 +1,309 @@
+"""DSA gate on residual branches: semantics, sparse == dense masked, gateability, Arch building."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nas_attn.arch import ArchError, build_model, gateable_blocks
+from nas_attn.modules import (
+    DSA, DSAGate, HYPERPARAMETERS, available, branch_fractions, check_kwargs, create_attn,
+    gate_block, is_gated, set_sparse, why_not_gateable,
+)
+
+# (model, block, kwargs for timm.create_model): every gated block class, with and without a
+# change of resolution/width, with and without attention in the slot
+BLOCKS = [
+    ("resnet18", "layer1.0", {}),                    # BasicBlock, identity shortcut
+    ("resnet18", "layer2.0", {}),                    # BasicBlock, stride 2 + downsample
+    ("resnet50", "layer1.0", {}),                    # Bottleneck, width change (downsample, stride 1)
+    ("resnet50", "layer2.0", {}),                    # Bottleneck, stride 2 on conv2
+    ("resnet50", "layer2.1", {}),                    # Bottleneck, identity shortcut
+    ("mobilenetv2_100", "blocks.2.1", {}),           # InvertedResidual with skip
+    ("efficientnet_b0", "blocks.2.1", {}),           # InvertedResidual with SE in the slot, SiLU
+    ("efficientnet_b0", "blocks.1.1", {}),           # 3x3 depthwise, SE
+    ("efficientnet_b0", "blocks.4.1", {}),           # 5x5 depthwise
+]
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    """Non-trivial BN statistics, so a wrong normalisation in the sparse path shows."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+
+
+_MODELS = {}
+
+
+def _block_and_input(model_name, block_name, batch=2):
+    """A copy of one block of a timm model (built once per test session) and a random input
+    of the block's shape for a 64x64 image."""
+    if model_name not in _MODELS:
+        torch.manual_seed(0)
+        model = timm.create_model(model_name)
+        _randomise_norms(model)
+        _MODELS[model_name] = model.eval()
+    model = _MODELS[model_name]
+    block = model.get_submodule(block_name)
+    seen = {}
+    handle = block.register_forward_pre_hook(lambda mod, args: seen.__setitem__("x", args[0].shape))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    handle.remove()
+    x = torch.randn(batch, *seen["x"][1:], generator=torch.Generator().manual_seed(2))
+    return copy.deepcopy(block).eval(), x
+
+
+def _dsa_mask(x, out_hw, **kw):
+    """The keep mask by DSA's own rule (the reference the gate must reproduce)."""
+    dsa = DSA(x.shape[1], reweight=False, **kw)
+    a_fg, informative = dsa.foreground(x)
+    if tuple(a_fg.shape[-2:]) != tuple(out_hw):
+        a_fg = F.adaptive_avg_pool2d(a_fg, out_hw)
+    return dsa.keep_mask(a_fg, informative)
+
+
+def test_gate_has_no_parameters_and_keeps_state_dict_and_class():
+    model = timm.create_model("resnet18")
+    keys = list(model.state_dict())
+    block = model.layer1[0]
+    gate_block(block, threshold=0.3)
+    assert isinstance(block, timm.models.resnet.BasicBlock) and is_gated(block)
+    assert isinstance(block.gate, DSAGate) and isinstance(block.gate, DSA)
+    assert sum(p.numel() for p in block.gate.parameters()) == 0
+    assert list(model.state_dict()) == keys  # weights of a plain model load into a gated one
+    with pytest.raises(ValueError, match="already has a gate"):
+        gate_block(block)
+
+
+@pytest.mark.parametrize("model_name,block_name,kw", BLOCKS[:2] + BLOCKS[3:4] + BLOCKS[5:6])
+def test_gated_block_is_shortcut_plus_masked_branch(model_name, block_name, kw):
+    block, x = _block_and_input(model_name, block_name)
+    plain = copy.deepcopy(block)
+    gate_block(block, threshold=0.4)
+    set_sparse(block, False)
+    with torch.no_grad():
+        y = block(x)
+        if hasattr(plain, "downsample"):  # ResNet: act(shortcut + M * branch)
+            shortcut = x if plain.downsample is None else plain.downsample(x)
+            m = _dsa_mask(x, shortcut.shape[-2:], threshold=0.4).float()
+            if hasattr(plain, "conv3"):
+                branch = plain.bn3(plain.conv3(plain.act2(plain.bn2(plain.conv2(plain.act1(plain.bn1(plain.conv1(x))))))))
+            else:
+                branch = plain.bn2(plain.conv2(plain.act1(plain.bn1(plain.conv1(x)))))
+            expected = F.relu(shortcut + m * branch)
+        else:  # InvertedResidual: x + M * branch
+            m = _dsa_mask(x, x.shape[-2:], threshold=0.4).float()
+            expected = x + m * (plain(x) - x)
+    assert 0.0 < m.mean() < 1.0
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    assert block.gate.kept_fraction == pytest.approx(float(m.mean()))
+
+
+def test_pruned_pixels_pass_the_shortcut_unchanged():
+    block, x = _block_and_input("mobilenetv2_100", "blocks.2.1")
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.25)
+    for sparse in (False, True):
+        set_sparse(block, sparse)
+        with torch.no_grad():
+            y = block(x)
+        pruned = ~block.gate.last_mask.expand_as(x)
+        assert pruned.float().mean() == pytest.approx(0.75, abs=0.02)
+        assert torch.equal(y[pruned], x[pruned])
+        assert not torch.allclose(y[~pruned], x[~pruned])
+
+
+@pytest.mark.parametrize("model_name,block_name,kw", [BLOCKS[1], BLOCKS[3], BLOCKS[6]])
+def test_threshold_zero_is_the_plain_block(model_name, block_name, kw):
+    block, x = _block_and_input(model_name, block_name)
+    plain = copy.deepcopy(block)
+    gate_block(block, threshold=0.0)
+    with torch.no_grad():
+        expected = plain(x)
+        for sparse in (False, True):
+            set_sparse(block, sparse)
+            torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+            assert block.gate.kept_fraction == 1.0
+
+
+def test_flat_input_keeps_every_pixel():
+    block, x = _block_and_input("resnet18", "layer1.0")
+    gate_block(block, threshold=0.9)
+    with torch.no_grad():
+        block(torch.full_like(x, 0.7))
+    assert block.gate.kept_fraction == 1.0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("model_name,block_name,kw", BLOCKS)
+def test_sparse_equals_dense_masked(model_name, block_name, kw, channels_last):
+    block, x = _block_and_input(model_name, block_name)
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+    assert block._sparse_supported()
+    if channels_last:
+        block = block.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        set_sparse(block, False)
+        dense = block(x)
+        set_sparse(block, True)
+        sparse = block(x)
+    assert block.gate.kept_fraction == pytest.approx(0.3, abs=0.05)
+    scale = dense.abs().max()
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(scale))
+    assert sparse.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("attention", ["cbam", "dsa", "sca"])
+def test_sparse_equals_dense_with_attention_in_the_slot(attention):
+    block, x = _block_and_input("resnet18", "layer1.0")
+    block.se = create_attn(attention, block.bn2.num_features).eval()
+    gate_block(block, threshold=0.5)
+    with torch.no_grad():
+        set_sparse(block, False)
+        dense = block(x)
+        set_sparse(block, True)
+        sparse = block(x)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+
+
+def test_sparse_path_skips_the_branch_convs_and_computes_only_needed_pixels():
+    """In eval the branch convs never run densely; the matrix products cover exactly the pixels
+    branch_fractions charges for (the effective MACs the cost model counts)."""
+    block, x = _block_and_input("resnet50", "layer2.0")
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+    called = []
+    for name in ("conv1", "conv2", "conv3"):
+        getattr(block, name).register_forward_pre_hook(lambda m, a, name=name: called.append(name))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        y = block(x)
+    assert called == [] and y.shape == (2, 512, x.shape[-2] // 2, x.shape[-1] // 2)
+    fractions = branch_fractions(block)
+    b, _, h, w = x.shape
+    expected = 0
+    for name, hw in (("conv1", h * w), ("conv2", y.shape[-2] * y.shape[-1]), ("conv3", y.shape[-2] * y.shape[-1])):
+        conv = getattr(block, name)
+        per_pixel = conv.in_channels * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        expected += round(fractions[name] * b * hw) * per_pixel
+    downsample = block.downsample[0]
+    expected += b * y.shape[-2] * y.shape[-1] * downsample.in_channels * downsample.out_channels  # dense shortcut
+    assert counter.get_total_flops() == 2 * expected
+    assert fractions["conv2"] == pytest.approx(0.3, abs=0.05) and fractions["conv1"] > fractions["conv2"]
+    # the same block with the gate off runs its convs densely
+    block.train()
+    called.clear()
+    block(x)
+    assert called == ["conv1", "conv2", "conv3"]
+
+
+def test_training_runs_dense_masked_and_gradients_flow():
+    block, x = _block_and_input("resnet18", "layer1.0")
+    gate_block(block, threshold=0.5)
+    block.train()
+    y = block(x.requires_grad_())
+    y.sum().backward()
+    assert block.conv1.weight.grad is not None and block.conv1.weight.grad.abs().sum() > 0
+    # eval with gradients enabled also stays dense (the sparse path is inference only)
+    block.eval()
+    assert not block._use_sparse()
+
+
+def test_branch_fractions_follow_receptive_fields_by_hand():
+    """One kept pixel in the middle of 6x6: conv2 computes 1 pixel, conv1 the 3x3 around it."""
+    block, _ = _block_and_input("resnet18", "layer1.0")
+    gate_block(block)
+    mask = torch.zeros(1, 1, 6, 6, dtype=torch.bool)
+    mask[0, 0, 2, 3] = True
+    assert branch_fractions(block, mask) == {"conv1": 9 / 36, "conv2": 1 / 36}
+    mask[0, 0, 0, 0] = True  # a corner pixel reads only 2x2 inside the image
+    assert branch_fractions(block, mask) == {"conv1": 13 / 36, "conv2": 2 / 36}
+    # Bottleneck with stride 2 on conv2: output (1, 1) reads input rows/cols 1..3 of 8x8
+    block, x = _block_and_input("resnet50", "layer2.0")
+    gate_block(block)
+    with torch.no_grad():
+        block(x[:1, :, :8, :8])
+    assert block.gate.last_in_size == (8, 8)
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 1, 1] = True
+    assert branch_fractions(block, mask) == {"conv1": 9 / 64, "conv2": 1 / 16, "conv3": 1 / 16}
+
+
+def test_blocks_without_skip_are_not_gateable():
+    model = timm.create_model("mobilenetv2_100")
+    reasons = gateable_blocks(model)
+    assert "skip connection" in reasons["blocks.1.0"]            # 16 -> 24, stride 2
+    assert reasons["blocks.1.1"] is None
+    assert "not gateable" in reasons["blocks.0.0"]               # DepthwiseSeparableConv
+    assert why_not_gateable(nn.Conv2d(3, 3, 1)) is not None
+    with pytest.raises(ValueError, match="skip connection"):
+        gate_block(model.blocks[1][0])
+    assert all(r is None for r in gateable_blocks(timm.create_model("resnet18")).values())
+
+
+def _arch(model, blocks, **model_args):
+    return {"model": model, "model_args": {"num_classes": 10, **model_args}, "stem": "default",
+            "blocks": blocks}
+
+
+def test_arch_builds_gates_beside_attention_and_aw_conv():
+    gate = {"threshold": 0.3}
+    arch = _arch("resnet18", {"layer1.0": {"attention": "se", "attention_kwargs": {}, "aw_conv": None, "gate": gate},
+                              "layer2.0": {"attention": "dsa", "attention_kwargs": {}, "aw_conv": {}, "gate": gate},
+                              "layer3.0": {"attention": "none", "attention_kwargs": {}, "aw_conv": None, "gate": None}})
+    model = build_model(arch)
+    assert is_gated(model.layer1[0]) and is_gated(model.layer2[0]) and not is_gated(model.layer3[0])
+    assert model.layer1[0].gate.threshold == 0.3 and model.layer1[0].se is not None
+    plain = build_model(_arch("resnet18", {"layer2.0": {"attention": "dsa", "aw_conv": {}}, "layer1.0": {"attention": "se"}}))
+    assert list(model.state_dict()) == list(plain.state_dict())
+    # AW-conv has per-sample weights: the block falls back to the dense masked path
+    assert not model.layer2[0]._sparse_supported() and model.layer1[0]._sparse_supported()
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    same = timm.create_model("nas_attn_cnn", arch=arch)
+    assert is_gated(same.layer1[0])
+
+
+def test_arch_rejects_a_gate_on_a_block_without_skip_and_bad_values():
+    with pytest.raises(ArchError, match=r"blocks\.1\.0 cannot take a DSA gate.*skip"):
+        build_model(_arch("mobilenetv2_100", {"blocks.1.0": {"attention": "none", "gate": {}}}))
+    with pytest.raises(ArchError, match="threshold must be a float in"):
+        build_model(_arch("resnet18", {"layer1.0": {"gate": {"threshold": 1.0}}}))
+    with pytest.raises(ArchError, match="keep_ratio"):
+        build_model(_arch("resnet18", {"layer1.0": {"gate": {"prune_mode": "keep_ratio", "keep_ratio": 0.0}}}))
+    with pytest.raises(ArchError, match="reweight"):
+        build_model(_arch("resnet18", {"layer1.0": {"gate": {"reweight": True}}}))
+    with pytest.raises(ArchError, match="must be a dict"):
+        build_model(_arch("resnet18", {"layer1.0": {"gate": True}}))
+
+
+def test_registry_lists_the_gate_with_its_hyperparameters():
+    assert available("gate") == ["dsa_gate"] and "dsa_gate" in available()
+    assert "dsa_gate" not in available("attention")
+    assert set(HYPERPARAMETERS["dsa_gate"]) == {"threshold", "reduce", "prune_mode", "keep_ratio", "eps", "sparse"}
+    check_kwargs("dsa_gate", {"threshold": 0.0, "keep_ratio": 1.0})
+    for bad in ({"threshold": 1.0}, {"threshold": -0.1}, {"keep_ratio": 0.0}, {"keep_ratio": 1.5}):
+        with pytest.raises(ValueError):
+            check_kwargs("dsa_gate", bad)
+    with pytest.raises(ValueError, match="'gate' key"):
+        create_attn("dsa_gate", 64)
+
+
+def test_set_sparse_counts_gates():
+    model = build_model(_arch("resnet18", {f"layer{i}.{j}": {"gate": {}} for i in range(1, 5) for j in range(2)}))
+    assert set_sparse(model, False) == 8
+    assert all(not m.sparse for m in model.modules() if isinstance(m, DSAGate))
+    assert math.isclose(sum(p.numel() for p in model.parameters()),
+                        sum(p.numel() for p in timm.create_model("resnet18", num_classes=10).parameters()))
