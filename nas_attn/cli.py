@@ -63,7 +63,7 @@ def cmd_search(args) -> int:
     run(args.space, trials=args.trials, concurrent=args.concurrent, epochs=args.epochs, sampler=args.sampler,
         seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         address=args.address, out=args.out, resume=args.resume, data_root=args.data_root,
-        early_stopping=args.early_stopping, verbose=args.verbose,
+        early_stopping=args.early_stopping, confirm=args.confirm, verbose=args.verbose,
         allow_unauthenticated_cluster=args.allow_unauthenticated_cluster)
     return 0
 
@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping", dest="early_stopping", action="store_true", default=None,
                    help="stop hopeless trials early (multi-objective ASHA)")
     p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false")
+    p.add_argument("--confirm", type=int, metavar="K",
+                   help="retrain the Pareto set with K more seeds at the end; the final Pareto set, "
+                        "export and plots use the mean (search.confirm)")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and the workers' logs")
     p.set_defaults(func=cmd_search)
 

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from .arch import arch_summary, build_model, carried_pretrained_cfg
-from .metrics import METRICS
-from .results import (SPACE_FILE, WEIGHTS_FILE, ResultsError, check_folder, finished_records, load_space,
+from .metrics import METRICS, accuracy_text
+from .results import (SPACE_FILE, WEIGHTS_FILE, ResultsError, check_folder, finished_records, load_space, objective_value,
                       pareto_records, read_trials)
 from .units import format_count
 
@@ -73,13 +73,13 @@ def select(run_dir: Union[str, os.PathLike], *, pareto: bool = False, trial: Opt
         directions = {o["metric"]: o["direction"] for o in space.objectives}
         sign = 1 if directions.get(best, METRICS[best].direction) == "maximize" else -1
         scored = [r for r in finished if r["metrics"].get(best) is not None]
-        return [max(scored, key=lambda r: (sign * r["metrics"][best], -r["number"]))]
+        return [max(scored, key=lambda r: (sign * objective_value(r, best), -r["number"]))]
     under = [r for r in finished if r["metrics"]["macs"] <= max_macs]
     if not under:
         cheapest = min(r["metrics"]["macs"] for r in finished)
         raise ExportError(f"no finished trial has at most {format_count(max_macs, 'MACs')}; "
                           f"the cheapest has {format_count(cheapest, 'MACs')}")
-    return [max(under, key=lambda r: (r["metrics"]["accuracy"], -r["number"]))]
+    return [max(under, key=lambda r: (objective_value(r, "accuracy"), -r["number"]))]
 
 
 def data_config(space) -> Dict[str, Any]:
@@ -107,7 +107,7 @@ model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True)
 
 | figure | value |
 |---|---|
-| validation accuracy (top-1, fraction) | {m.get('accuracy', float('nan')):.4f} |
+| validation accuracy (top-1, fraction) [95% interval] | {accuracy_text(record)} |
 | MACs per image | {format_count(m.get('macs'), 'MACs')} ({m.get('macs')}) |
 | effective MACs per image (DSA-pruned pixels skipped) | {format_count(m.get('effective_macs'), 'MACs')} |
 | parameters | {m.get('params')} |

@@ -54,7 +54,10 @@ METRICS: Dict[str, Metric] = {m.name: m for m in (
 REPORTED = tuple(METRICS)
 #: What trials.jsonl keeps of a trial's last report besides the metrics above.
 TRAINING_FIELDS = ("epoch", "train_time_s", "val_loss", "train_loss")
-RECORDED = REPORTED + TRAINING_FIELDS
+#: How far the accuracy can be trusted (nas_attn.intervals): the validation images it was
+#: measured on and its 95% Wilson interval, fractions like the accuracy.
+INTERVAL_FIELDS = ("val_images", "accuracy_low", "accuracy_high")
+RECORDED = REPORTED + TRAINING_FIELDS + INTERVAL_FIELDS
 #: Metrics a plot's x axis can show.
 X_METRICS = tuple(name for name, m in METRICS.items() if m.axis)
 
@@ -79,3 +82,21 @@ def format_value(metric: str, value: Optional[float]) -> str:
     if kind == "ms":
         return f"{value:.3g} ms"
     return format_count(value, short_name(metric))
+
+
+def accuracy_text(record: Dict, digits: int = 4) -> str:
+    """A record's accuracy with its 95% interval: ``0.8120 [0.7950, 0.8290]`` (Wilson over the
+    validation images) or, once confirmed, ``0.8100 [0.7900, 0.8300] mean of 3 seeds``
+    (Student's t over seeds); ``-`` when not measured."""
+    confirmed = record.get("confirm")
+    if isinstance(confirmed, dict) and is_number(confirmed.get("mean")):
+        interval = (f" [{confirmed['low']:.{digits}f}, {confirmed['high']:.{digits}f}]"
+                    if is_number(confirmed.get("low")) else "")
+        return f"{confirmed['mean']:.{digits}f}{interval} mean of {len(confirmed['seeds'])} seeds"
+    m = record.get("metrics") or {}
+    if not is_number(m.get("accuracy")):
+        return "-"
+    text = f"{m['accuracy']:.{digits}f}"
+    if is_number(m.get("accuracy_low")) and is_number(m.get("accuracy_high")):
+        text += f" [{m['accuracy_low']:.{digits}f}, {m['accuracy_high']:.{digits}f}]"
+    return text

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .arch import arch_summary, stage_of
-from .metrics import METRICS, format_value
+from .metrics import METRICS, accuracy_text, format_value
 from .plot import PlotError, Run, default_x, hypervolume_text, load_run, parse_ref, plot_history, plot_runs
 from .results import write_atomic
 
@@ -78,13 +78,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence
 
 def _trial_row(record: Dict[str, Any]) -> List[str]:
     m = record.get("metrics") or {}
-    return [str(record["number"]), format_value("accuracy", m.get("accuracy")),
+    return [str(record["number"]), accuracy_text(record),
             format_value("macs", m.get("macs")), format_value("effective_macs", m.get("effective_macs")),
             format_value("params", m.get("params")),
             arch_summary(record["arch"]) if record.get("arch") else "-"]
 
 
-TRIAL_HEADER = ("trial", "accuracy (top-1)", "MACs per image", "effective MACs per image", "parameters",
+TRIAL_HEADER = ("trial", "accuracy (top-1) [95% interval]", "MACs per image", "effective MACs per image", "parameters",
                 "architecture")
 TRIAL_ALIGN = ("r", "r", "r", "r", "r", "l")
 

@@ -88,12 +88,25 @@ def read_trials(run_dir: PathLike) -> List[Dict[str, Any]]:
     return records
 
 
+def objective_value(record: Dict[str, Any], metric: str) -> float:
+    """A record's value of ``metric``: for accuracy, the mean over seeds once confirmed."""
+    if metric == "accuracy" and isinstance(record.get("confirm"), dict):
+        return record["confirm"]["mean"]
+    return record["metrics"][metric]
+
+
 def pareto_records(records: Sequence[Dict[str, Any]], objectives: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The non-dominated records among those with status ``ok``, in trial order."""
+    """The non-dominated records among those with status ``ok``, in trial order.
+
+    After a confirmation step (records with ``confirm``) only the confirmed records compete,
+    by their mean accuracy over seeds: the others were already dominated on one seed.
+    """
     finished = [r for r in records if r["status"] == "ok"]
+    if any("confirm" in r for r in finished):
+        finished = [r for r in finished if "confirm" in r]
     metrics = [o["metric"] for o in objectives]
     directions = [o["direction"] for o in objectives]
-    points = [[r["metrics"][m] for m in metrics] for r in finished]
+    points = [[objective_value(r, m) for m in metrics] for r in finished]
     return [finished[i] for i in sorted(pareto_mod.non_dominated(points, directions))] if points else []
 
 

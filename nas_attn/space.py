@@ -657,7 +657,8 @@ DEFAULTS = {
               "momentum": 0.9, "label_smoothing": 0.0},
     "search": {"trials": 16, "concurrent": 2, "sampler": "tpe", "seed": 0,
                "resources": {"cpu": 1, "gpu": 0}, "early_stopping": None,
-               "latency_batch_size": 1, "max_failures": 2},
+               "latency_batch_size": 1, "max_failures": 2, "confirm": 0, "population": None,
+               "startup_trials": None},
 }
 
 
@@ -774,6 +775,11 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     check.number(search["seed"], ("search", "seed"), integer=True)
     check.number(search["latency_batch_size"], ("search", "latency_batch_size"), low=1, integer=True)
     check.number(search["max_failures"], ("search", "max_failures"), low=0, integer=True)
+    check.number(search["confirm"], ("search", "confirm"), low=0, integer=True)
+    if search["population"] is not None:
+        check.number(search["population"], ("search", "population"), low=2, integer=True)
+    if search["startup_trials"] is not None:
+        check.number(search["startup_trials"], ("search", "startup_trials"), low=1, integer=True)
     resources = {**DEFAULTS["search"]["resources"],
                  **check.mapping(search.get("resources") or {}, ("search", "resources"), ("cpu", "gpu"))}
     check.number(resources["cpu"], ("search", "resources", "cpu"), low=0, low_inclusive=False)

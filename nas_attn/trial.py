@@ -15,6 +15,7 @@ import torch
 from .arch import Arch, build_model
 from .cost import measure
 from .data import load as load_data
+from .intervals import wilson_interval
 from .latency import measure_latency
 from .metrics import REPORTED
 from .results import WEIGHTS_FILE
@@ -97,9 +98,11 @@ def run_trial(arch: Arch, settings: Dict[str, Any], report: Callable[..., None],
 
         def on_epoch(epoch: int, metrics: Dict[str, Any]):
             nonlocal last
+            low, high = wilson_interval(metrics["accuracy"], len(data.val))
             row = {**base, "status": "ok", "epoch": epoch, "accuracy": metrics["accuracy"],
                    "train_loss": metrics["train_loss"], "val_loss": metrics["val_loss"],
-                   "train_time_s": metrics["train_time_s"]}
+                   "train_time_s": metrics["train_time_s"], "val_images": len(data.val),
+                   "accuracy_low": low, "accuracy_high": high}
             if probe is not None:  # DSA's kept fraction changes as the model trains
                 row["effective_macs"] = measure(model, input_size, data=probe.to(device)).effective_macs
             if epoch == epochs:

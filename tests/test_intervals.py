@@ -40,3 +40,18 @@ def test_sampler_rule_follows_the_budget():
     assert sampler_settings("nsga2", 12, population=6) == {"population_size": 6}
     assert sampler_settings("tpe", 100, startup=20) == {"n_startup_trials": 20}
     assert sampler_settings("random", 12) == {}
+
+
+def test_search_builds_samplers_by_the_rule_and_validates_overrides():
+    from nas_attn.search._optuna import make_sampler
+    from nas_attn.space import SpaceError, loads
+    assert make_sampler("nsga2", 0, 12)._population_size == 4
+    assert make_sampler("nsga2", 0, 12, population=8)._population_size == 8
+    assert make_sampler("tpe", 0, 16)._n_startup_trials == 4
+    base = 'model: {name: resnet18, args: {in_chans: 1}}\nblocks: {"layer1.*": {attention: se}}\nsearch: '
+    assert loads(base + "{population: 6, startup_trials: 2, confirm: 2}").search["confirm"] == 2
+    for bad, key in (("{population: 1}", "search.population"), ("{confirm: -1}", "search.confirm"),
+                     ("{startup_trials: 0}", "search.startup_trials")):
+        with pytest.raises(SpaceError) as info:
+            loads(base + bad)
+        assert info.value.key_path == key

@@ -47,7 +47,7 @@ def test_pareto_table_rows(written):
     section = text.split("## Pareto front")[1].split("##")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert rows == [f"{numbers[n]} {arch_summary(by_number(n)['arch'])} |" for n in FRONT]
-    assert "| trial | accuracy (top-1) | MACs per image | effective MACs per image | parameters | architecture |" \
+    assert "| trial | accuracy (top-1) [95% interval] | MACs per image | effective MACs per image | parameters | architecture |" \
         in section
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from nas_attn.space import loads
 from nas_attn.metrics import REPORTED as REPORTED_METRICS
+from nas_attn.intervals import wilson_interval
 from nas_attn.trial import constraint_violations, run_trial, settings_from_space
 
 SPACE = """\
@@ -41,6 +42,9 @@ def test_a_trial_reports_every_epoch_and_saves_weights_at_the_end():
         assert all(name in metrics for name in REPORTED_METRICS)
         assert 0 <= metrics["accuracy"] <= 1 and metrics["latency_ms"] > 0
         assert metrics["effective_macs"] <= metrics["macs"]
+        # the 95% Wilson interval over the validation images travels with every accuracy
+        assert metrics["val_images"] == 359  # 20% of scikit-learn's 1,797 digits
+        assert (metrics["accuracy_low"], metrics["accuracy_high"]) == wilson_interval(metrics["accuracy"], 359)
     assert final == rows[-1][0]
 
 

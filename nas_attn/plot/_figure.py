@@ -6,10 +6,11 @@ import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..arch import arch_summary, is_baseline
-from ..metrics import METRICS, X_METRICS, format_value
+from ..metrics import METRICS, X_METRICS, format_value, is_number
+from ..results import objective_value
 from ..space import SearchSpace
 from ..units import si_scale
 from ._run import PlotError, Run, count_text, hypervolume_text
@@ -77,6 +78,18 @@ class Series:
         return [(p["x"], p["y"]) for p in self.points if p["pareto"]]
 
 
+def accuracy_interval(record: Dict[str, Any]) -> Tuple[Optional[float], Optional[float]]:
+    """The 95% interval drawn around a point: over seeds once confirmed, else Wilson's over the
+    validation images (None, None when the record has neither)."""
+    confirmed = record.get("confirm")
+    if isinstance(confirmed, dict) and is_number(confirmed.get("low")):
+        return float(confirmed["low"]), float(confirmed["high"])
+    m = record.get("metrics") or {}
+    if is_number(m.get("accuracy_low")) and is_number(m.get("accuracy_high")):
+        return float(m["accuracy_low"]), float(m["accuracy_high"])
+    return None, None
+
+
 def _series(runs: Sequence[Run], x: str) -> List[Series]:
     series = []
     for index, run in enumerate(runs):
@@ -87,8 +100,9 @@ def _series(runs: Sequence[Run], x: str) -> List[Series]:
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 missing += 1
                 continue
+            low, high = accuracy_interval(record)
             points.append({"number": record["number"], "x": float(value),
-                           "y": float(record["metrics"]["accuracy"]),
+                           "y": float(objective_value(record, "accuracy")), "y_low": low, "y_high": high,
                            "pareto": id(record) in front_ids, "baseline": is_baseline(record.get("arch")),
                            "summary": arch_summary(record["arch"]) if record.get("arch") else "-",
                            "record": record})

@@ -28,7 +28,8 @@ def html_data(series: Sequence[Series], x: str, logx: bool) -> Dict[str, Any]:
             "hypervolume": s.run.hypervolume, "reference": s.run.reference,
             "objectives": [{"metric": o["metric"], "direction": o["direction"]} for o in s.run.objectives],
             "counts": s.run.counts,
-            "points": [{"number": p["number"], "x": p["x"], "y": p["y"], "pareto": p["pareto"],
+            "points": [{"number": p["number"], "x": p["x"], "y": p["y"], "y_low": p.get("y_low"),
+                        "y_high": p.get("y_high"), "pareto": p["pareto"],
                         "baseline": p["baseline"], "summary": p["summary"], "label": _label_text(p),
                         "arch": p["record"].get("arch"),
                         "metrics": {k: v for k, v in (p["record"].get("metrics") or {}).items()

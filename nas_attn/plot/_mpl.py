@@ -144,6 +144,12 @@ def _draw_runs(series: Sequence[Series], x: str, logx: bool):
         legend = _legend_texts(s, x)
         others = [p for p in s.points if not p["pareto"]]
         front = [p for p in s.points if p["pareto"]]
+        # 95% intervals: Wilson over the validation images, or over seeds once confirmed
+        bars = [p for p in s.points if p.get("y_low") is not None]
+        if bars:
+            ax.errorbar([p["x"] / divisor for p in bars], [p["y"] for p in bars],
+                        yerr=[[p["y"] - p["y_low"] for p in bars], [p["y_high"] - p["y"] for p in bars]],
+                        fmt="none", ecolor=s.color, elinewidth=0.8, capsize=2, alpha=0.55, zorder=2.5)
         ax.scatter([p["x"] / divisor for p in others], [p["y"] for p in others], s=22, color=s.color,
                    alpha=0.45, linewidths=0, zorder=3)
         ax.scatter([p["x"] / divisor for p in front], [p["y"] for p in front], s=46, color=s.color,

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from .. import pareto as pareto_mod
 from ..arch import is_baseline
 from ..metrics import METRICS, short_name
-from ..results import (SPACE_FILE, ResultsError, check_folder, finished_records, load_space, pareto_records,
+from ..results import (SPACE_FILE, ResultsError, check_folder, finished_records, load_space, objective_value,
+                       pareto_records,
                        read_trials, status_counts)
 from ..space import SearchSpace
 from ..units import format_count
@@ -49,7 +50,8 @@ class Run:
         return next((r for r in self.records if is_baseline(r.get("arch"))), None)
 
     def objective_points(self, records: Sequence[Dict[str, Any]]) -> List[List[float]]:
-        return [[float(r["metrics"][o["metric"]]) for o in self.objectives] for r in records]
+        # objective_value: a confirmed trial counts with its mean accuracy over seeds
+        return [[float(objective_value(r, o["metric"])) for o in self.objectives] for r in records]
 
     def history(self) -> Tuple[List[int], List[float]]:
         """(trial numbers, hypervolume after each trial), over every recorded trial.
@@ -128,7 +130,9 @@ def load_run(run_dir: PathLike, ref=None) -> Run:
     run = Run(path=path, name=name, space=space, records=records, ok=ok,
               front=pareto_records(ok, space.objectives), reference=reference, hypervolume=0.0,
               counts=counts)
-    run.hypervolume = pareto_mod.hypervolume(run.objective_points(ok), directions, reference)
+    # After a confirmation step only the confirmed trials (by mean accuracy) compete.
+    scored = [r for r in ok if "confirm" in r] or ok
+    run.hypervolume = pareto_mod.hypervolume(run.objective_points(scored), directions, reference)
     return run
 
 

@@ -64,7 +64,7 @@ def _check_data(space: SearchSpace) -> None:
 
 def apply_overrides(space: SearchSpace, *, trials=None, concurrent=None, epochs=None, sampler=None,
                     seed=None, cpus_per_trial=None, gpus_per_trial=None, data_root=None,
-                    early_stopping=None) -> SearchSpace:
+                    early_stopping=None, confirm=None) -> SearchSpace:
     """The space with CLI flags applied (None leaves a value as the space has it), re-validated."""
     es = space.search.get("early_stopping")
     if early_stopping is not None:
@@ -77,7 +77,7 @@ def apply_overrides(space: SearchSpace, *, trials=None, concurrent=None, epochs=
     return space.with_overrides(
         train={"epochs": epochs},
         search={"trials": trials, "concurrent": concurrent, "sampler": sampler, "seed": seed,
-                "resources": resources, "early_stopping": es},
+                "resources": resources, "early_stopping": es, "confirm": confirm},
         data={"root": data_root})
 
 
@@ -96,7 +96,7 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
         gpus_per_trial: Optional[float] = None, address: Optional[str] = None,
         out: Optional[Union[str, os.PathLike]] = None, resume: Optional[Union[str, os.PathLike]] = None,
         data_root: Optional[str] = None, early_stopping: Optional[bool] = None,
-        verbose: bool = False, num_cpus: Optional[int] = None,
+        confirm: Optional[int] = None, verbose: bool = False, num_cpus: Optional[int] = None,
         allow_unauthenticated_cluster: bool = False) -> SearchResult:
     """Run (or with ``resume=DIR`` continue) a search; returns its trials and Pareto set.
 
@@ -125,7 +125,7 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
             space = load(space)
         space = apply_overrides(space, trials=trials, concurrent=concurrent, epochs=epochs, sampler=sampler,
                                 seed=seed, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                                data_root=data_root, early_stopping=early_stopping)
+                                data_root=data_root, early_stopping=early_stopping, confirm=confirm)
         run_dir = Path(out) if out is not None else default_run_dir(space)
         run_dir = run_dir.resolve()
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -175,7 +175,8 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
         searcher = searcher_class()(
             space=define_by_run, metric=space.objective_metrics(),
             mode=["max" if d == "maximize" else "min" for d in space.objective_directions()],
-            sampler=make_sampler(search["sampler"], search["seed"]), storage=storage,
+            sampler=make_sampler(search["sampler"], search["seed"], budget, search.get("population"),
+                                 search.get("startup_trials")), storage=storage,
             study_name=STUDY_NAME, points_to_evaluate=first,
             epochs=epochs, objectives=objectives, constraint_keys=sorted(space.constraints),
             run_dir=str(run_dir), budget=budget)
@@ -191,6 +192,9 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
     tuner.fit()
     _close_orphans(run_dir)
     records = read_trials(run_dir)
+    if search.get("confirm"):
+        from ._confirm import confirm
+        records = confirm(space, run_dir, records, objectives, search["concurrent"], trial_resources(space))
     front = pareto_records(records, objectives)
     print(f"\nPareto set ({len(front)} of {len(records)} trials; objectives: "
           + ", ".join(f"{o['metric']} ({o['direction']})" for o in objectives) + ")")

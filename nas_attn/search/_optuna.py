@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..results import read_trials, trial_status
+from ..samplers import sampler_settings
 from ..space import SearchSpace
 from ._base import SearchError
 
@@ -22,14 +23,17 @@ def _has_set_constraint() -> bool:
     return hasattr(optuna.trial.Trial, "set_constraint")
 
 
-def make_sampler(name: str, seed: int):
-    """The Optuna sampler ``search.sampler`` names, seeded."""
+def make_sampler(name: str, seed: int, trials: int = 16, population: Optional[int] = None,
+                 startup_trials: Optional[int] = None):
+    """The Optuna sampler ``search.sampler`` names, seeded and sized to a budget of ``trials``
+    (:mod:`nas_attn.samplers` states the rule; ``population``/``startup_trials`` override it)."""
     import optuna
     constraints = {} if _has_set_constraint() else {"constraints_func": constraint_values}
+    sized = sampler_settings(name, trials, population, startup_trials)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **constraints)
+        return optuna.samplers.TPESampler(seed=seed, **sized, **constraints)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, **constraints)
+        return optuna.samplers.NSGAIISampler(seed=seed, **sized, **constraints)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise SearchError(f"--sampler must be tpe, nsga2 or random, got {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from ..arch import arch_summary
-from ..metrics import is_number
+from ..metrics import accuracy_text, is_number
 from ..units import format_count
 
 
@@ -27,11 +27,12 @@ def progress_line(record: Dict[str, Any], done: int, budget: int) -> str:
 
 def pareto_table(records: List[Dict[str, Any]]) -> str:
     """A plain-text table of Pareto records (units in the header)."""
-    header = f"{'trial':>5}  {'accuracy':>8}  {'MACs':>14}  {'eff. MACs':>14}  {'params':>10}  architecture"
+    header = (f"{'trial':>5}  {'accuracy [95% interval]':>23}  {'MACs':>14}  {'eff. MACs':>14}  {'params':>10}"
+              "  architecture")
     lines = [header, "-" * len(header)]
     for r in records:
         m = r["metrics"]
-        lines.append(f"{r['number']:>5}  {m.get('accuracy', float('nan')):>8.3f}  "
+        lines.append(f"{r['number']:>5}  {accuracy_text(r, digits=3):>23}  "
                      f"{format_count(m.get('macs'), 'MACs'):>14}  {format_count(m.get('effective_macs'), 'MACs'):>14}  "
                      f"{format_count(m.get('params'), ''):>10}  {arch_summary(r['arch'])}")
     return "\n".join(lines)
