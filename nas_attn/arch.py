@@ -131,6 +131,18 @@ def attention_sites(model: nn.Module) -> Dict[str, AttentionSite]:
     return sites
 
 
+def block_has_shortcut(block: nn.Module) -> bool:
+    """Whether a block adds its input back to its output (identity or projection shortcut).
+
+    Every timm ResNet block has one; a MobileNetV2/EfficientNet block only when its stride
+    is 1 and its input and output widths match (timm's ``has_skip``), so the first block of
+    each stage has none.
+    """
+    if hasattr(block, "has_skip"):
+        return bool(block.has_skip)
+    return hasattr(block, "downsample")  # timm BasicBlock / Bottleneck
+
+
 def site_shapes(model: nn.Module, input_size) -> Dict[str, Dict[str, tuple]]:
     """Per block, for one input of ``input_size`` (C, H, W): ``slot``, the (C, H, W) its
     attention slot sees, and ``conv``, the (C, H, W) input of its spatial conv.
@@ -259,6 +271,8 @@ def build_model(arch: Arch, **model_overrides) -> nn.Module:
                             f"its blocks are {', '.join(sites)}")
         attention = choice.get("attention", "none")
         attn = create_attn(attention, site.channels, **choice.get("attention_kwargs", {}))
+        if attn is not None and hasattr(attn, "block_has_shortcut"):
+            attn.block_has_shortcut = block_has_shortcut(site.block)  # DSA prunes only there
         if attn is None and isinstance(model, EfficientNet):
             attn = nn.Identity()  # EfficientNet blocks call self.se unconditionally
         setattr(site.block, site.slot_attr, attn)

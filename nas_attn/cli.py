@@ -97,11 +97,11 @@ def cmd_cost(args) -> int:
 
 def cmd_modules(args) -> int:
     from .describe import format_module_table, module_table
-    rows = module_table(REFERENCE_FEATURE_MAP)
+    rows = module_table(REFERENCE_FEATURE_MAP, timing=not args.no_time, repeats=args.repeats)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(format_module_table(rows, REFERENCE_FEATURE_MAP))
+        print(format_module_table(rows, REFERENCE_FEATURE_MAP, repeats=args.repeats))
     return 0
 
 
@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("modules", help="every attention module with its cost on a 256x14x14 map")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-time", action="store_true",
+                   help="skip the measured forward+backward time overhead (ms, %% of a ResNet block)")
+    p.add_argument("--repeats", type=_positive_int, default=5,
+                   help="timed runs per module for the time overhead (median; default 5)")
     p.set_defaults(func=cmd_modules)
 
     p = sub.add_parser("export", help="write chosen trials as timm model folders (config.json + weights)")

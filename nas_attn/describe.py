@@ -5,10 +5,14 @@ All MACs are multiply-accumulates per image; "element-wise ops" follow nas_attn.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import statistics
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 from torch import nn
 
 from .arch import attention_sites, build_model, site_shapes
@@ -242,10 +246,70 @@ def format_cost_report(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def module_table(feature_map=(256, 14, 14)) -> List[Dict[str, Any]]:
+TIMING_BATCH_SIZE = 1
+TIMING_REPEATS = 5
+
+
+def _reference_block(channels: int) -> nn.Module:
+    """The block a module's time is compared with: timm's ResNet BasicBlock, C -> C, stride 1.
+
+    Its attention slot (``se``) sits after the second conv's BN, where nas_attn puts attention
+    in every ResNet (resnet18/34 have this very block at 256x14x14 in layer3).
+    """
+    from timm.models.resnet import BasicBlock
+    return BasicBlock(channels, channels)
+
+
+def _fwd_bwd_ms(block: nn.Module, x: torch.Tensor) -> float:
+    block.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    block(x).sum().backward()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def time_overhead(name: str, feature_map, batch_size: int = TIMING_BATCH_SIZE,
+                  repeats: int = TIMING_REPEATS) -> Dict[str, float]:
+    """Forward+backward wall time a module adds to the reference block, in ms and % of the block.
+
+    The block runs in train mode on a random (batch_size, C, H, W) input, on one torch
+    thread, once plain and once with ``name`` in its attention slot (``aw_conv``: its conv2
+    replaced), alternating, one untimed warm-up each, then ``repeats`` timed pairs; the
+    fastest run of each is compared (the fastest is the least disturbed by other jobs). A
+    quick figure for orientation: on a busy machine it moves, and small overheads can come
+    out negative. scripts/bench_modules.py measures properly.
+    """
+    c, h, w = feature_map
+    plain = _reference_block(c).train()
+    with_module = copy.deepcopy(plain)
+    if name == "aw_conv":
+        with_module.conv2 = AWConv2d.from_conv(with_module.conv2)
+    else:
+        with_module.se = create_attn(name, c)
+    x = torch.randn(batch_size, c, h, w)
+    plain_ms, module_ms = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several threads on cores shared with other jobs stall at barriers
+    try:
+        for i in range(repeats + 1):
+            a, b = _fwd_bwd_ms(plain, x), _fwd_bwd_ms(with_module, x)
+            if i > 0:
+                plain_ms.append(a)
+                module_ms.append(b)
+    finally:
+        torch.set_num_threads(threads)
+    block_ms = min(plain_ms)
+    overhead = min(module_ms) - block_ms
+    return {"block_ms": block_ms, "overhead_ms": overhead, "overhead_pct": 100.0 * overhead / block_ms}
+
+
+def module_table(feature_map=(256, 14, 14), timing: bool = True, batch_size: int = TIMING_BATCH_SIZE,
+                 repeats: int = TIMING_REPEATS) -> List[Dict[str, Any]]:
     """Every registered module's params and cost on a (C, H, W) feature map, one image.
 
-    ``aw_conv`` is measured as the extra over the 3x3 C->C conv it replaces.
+    ``aw_conv`` is measured as the extra over the 3x3 C->C conv it replaces. With ``timing``,
+    each row also has ``block_ms``, ``overhead_ms`` and ``overhead_pct`` from
+    :func:`time_overhead` (forward+backward wall time added to a ResNet BasicBlock on the same
+    map, batch ``batch_size``, fastest of ``repeats``, one thread).
     """
     rows = []
     for name in available():
@@ -254,28 +318,45 @@ def module_table(feature_map=(256, 14, 14)) -> List[Dict[str, Any]]:
         if name == "aw_conv":
             conv = nn.Conv2d(feature_map[0], feature_map[0], 3, padding=1, bias=False)
             plain, aw = _module_cost(conv, feature_map), _module_cost(AWConv2d.from_conv(conv), feature_map)
-            rows.append({"name": name, "params": int(aw.params - plain.params), "macs": int(aw.macs - plain.macs),
-                         "elementwise_ops": int(aw.elementwise_ops - plain.elementwise_ops),
-                         "note": "extra over the 3x3 conv it replaces"})
-            continue
-        try:
-            cost = _module_cost(create_attn(name, feature_map[0]), feature_map)
-        except Exception as exc:  # a timm module that cannot run at this size: say so, do not hide it
-            rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        rows.append({"name": name, "params": int(cost.params), "macs": int(cost.macs),
-                     "elementwise_ops": int(cost.elementwise_ops)})
+            row = {"name": name, "params": int(aw.params - plain.params), "macs": int(aw.macs - plain.macs),
+                   "elementwise_ops": int(aw.elementwise_ops - plain.elementwise_ops),
+                   "note": "extra over the 3x3 conv it replaces"}
+        else:
+            try:
+                cost = _module_cost(create_attn(name, feature_map[0]), feature_map)
+            except Exception as exc:  # a timm module that cannot run at this size: say so, do not hide it
+                rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            row = {"name": name, "params": int(cost.params), "macs": int(cost.macs),
+                   "elementwise_ops": int(cost.elementwise_ops)}
+        if timing:
+            row.update(time_overhead(name, feature_map, batch_size, repeats))
+        rows.append(row)
     return rows
 
 
-def format_module_table(rows, feature_map) -> str:
+def format_module_table(rows, feature_map, batch_size: int = TIMING_BATCH_SIZE,
+                        repeats: int = TIMING_REPEATS) -> str:
     c, h, w = feature_map
+    timed = any("overhead_ms" in r for r in rows)
+    time_head = f" {'fwd+bwd time added':>22}" if timed else ""
     lines = [f"Attention modules on a {c}x{h}x{w} feature map (one image)",
-             f"  {'module':<10} {'params':>10} {'MACs':>14} {'element-wise ops':>18}  note"]
+             f"  {'module':<10} {'params':>10} {'MACs':>14} {'element-wise ops':>18}{time_head}  note"]
     for r in rows:
         if "error" in r:
-            lines.append(f"  {r['name']:<10} {'-':>10} {'-':>14} {'-':>18}  {r['error']}")
-        else:
-            lines.append(f"  {r['name']:<10} {r['params']:>10,} {r['macs']:>14,} {r['elementwise_ops']:>18,}"
-                         f"  {r.get('note', '')}")
+            lines.append(f"  {r['name']:<10} {'-':>10} {'-':>14} {'-':>18}{' ' * len(time_head)}  {r['error']}")
+            continue
+        time_text = ""
+        if timed:
+            time_text = f" {r['overhead_ms']:>+10.2f} ms {r['overhead_pct']:>+7.1f}%"
+        lines.append(f"  {r['name']:<10} {r['params']:>10,} {r['macs']:>14,} {r['elementwise_ops']:>18,}"
+                     f"{time_text}  {r.get('note', '')}")
+    if timed:
+        block_ms = min(r["block_ms"] for r in rows if "block_ms" in r)
+        lines.append(
+            f"  (time added: forward+backward wall time of a timm ResNet BasicBlock {c}->{c} at "
+            f"{h}x{w}, batch {batch_size}, train mode, with the module in its attention slot "
+            f"(aw_conv: replacing its 3x3 conv2) minus without, fastest of {repeats} alternating "
+            f"runs each, 1 torch thread; the block alone took {block_ms:.1f} ms. A quick figure: "
+            f"other jobs on the machine move it; scripts/bench_modules.py measures properly)")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The small CLI commands: modules, cost (with --attn, --json, --latency), latency itself."""
 import json
+import math
 import subprocess
 import sys
 
@@ -48,7 +49,7 @@ def test_cost_rejects_bad_input():
 
 
 def test_modules_lists_every_module_with_cost_on_the_reference_map():
-    result = run_cli("modules", "--json")
+    result = run_cli("modules", "--json", "--no-time")
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     for name in ("dsa", "sca", "cpsam", "aw_conv", "se", "eca", "cbam", "gc"):
@@ -56,8 +57,24 @@ def test_modules_lists_every_module_with_cost_on_the_reference_map():
     assert rows["dsa"]["params"] == 0 and rows["dsa"]["macs"] == 0 and rows["dsa"]["elementwise_ops"] > 0
     # SE at 256 channels (rd 16): two 1x1 convs with bias, 256*16 + 16*256 MACs
     assert rows["se"]["macs"] == 2 * 256 * 16
-    text = run_cli("modules").stdout
-    assert "256x14x14" in text and "element-wise ops" in text
+    text = run_cli("modules", "--no-time").stdout
+    assert "256x14x14" in text and "element-wise ops" in text and "time added" not in text
+
+
+def test_modules_time_overhead_column_is_a_number_in_ms_and_percent():
+    from nas_attn.describe import format_module_table, module_table
+    rows = module_table((16, 6, 6), timing=True, repeats=1)
+    timed = [r for r in rows if "error" not in r]
+    assert {r["name"] for r in timed} >= {"dsa", "sca", "cpsam", "aw_conv", "se"}
+    for r in timed:
+        assert r["block_ms"] > 0 and math.isfinite(r["overhead_ms"]) and math.isfinite(r["overhead_pct"])
+        assert r["overhead_pct"] == pytest.approx(100 * r["overhead_ms"] / r["block_ms"])
+    text = format_module_table(rows, (16, 6, 6), repeats=1)
+    sca = next(line for line in text.splitlines() if line.split()[:1] == ["sca"])
+    number, unit, percent = sca.split()[4:7]
+    float(number), float(percent.rstrip("%"))
+    assert unit == "ms" and percent.endswith("%")
+    assert "fwd+bwd time added" in text and "BasicBlock 16->16 at 6x6, batch 1" in text
 
 
 def test_measure_latency_restores_mode_and_validates():

@@ -171,7 +171,7 @@ def test_dsa_graph_has_no_conv_sigmoid_softmax_or_relu(prune_mode):
     assert not [op for op in recorder.ops if forbidden(op)]
     with OpRecorder() as control:  # the recorder does see such ops when they run
         CPSAM(8)(x).sum().backward()
-    assert {"convolution", "sigmoid", "_softmax", "relu"} & control.ops == {"convolution", "_softmax", "relu"}
+    assert {"convolution", "sigmoid", "_softmax", "relu"} & control.ops == {"convolution", "sigmoid", "_softmax", "relu"}
     with OpRecorder() as control:
         SCA(8)(x).sum().backward()
     assert {"convolution", "sigmoid"} <= control.ops
@@ -268,6 +268,30 @@ def test_dsa_bottleneck_last_bn_gets_gradient():
     model = timm.create_model("resnet50", num_classes=3, block_args=dict(attn_layer=DSA))
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     assert all(b.bn3.weight.grad.abs().sum() > 0 for layer in (model.layer1, model.layer4) for b in layer)
+
+
+@pytest.mark.parametrize("prune_without_shortcut", [False, True])
+def test_dsa_prunes_only_in_blocks_with_a_shortcut(prune_without_shortcut):
+    """In MobileNetV2 the first block of a stage has no shortcut: a pixel zeroed before its
+    projection is lost, so DSA only reweights there unless told otherwise."""
+    from nas_attn.arch import build_model
+    kwargs = {"threshold": 0.5, "prune_without_shortcut": prune_without_shortcut}
+    arch = {"model": "mobilenetv2_100", "model_args": {"num_classes": 10}, "blocks": {
+        b: {"attention": "dsa", "attention_kwargs": kwargs} for b in ("blocks.1.0", "blocks.1.1")}}
+    model = build_model(arch).eval()
+    first, second = model.blocks[1][0], model.blocks[1][1]
+    assert not first.has_skip and second.has_skip
+    assert not first.se.block_has_shortcut and second.se.block_has_shortcut
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    assert second.se.kept_fraction < 1.0
+    if prune_without_shortcut:
+        assert first.se.kept_fraction < 1.0
+    else:
+        assert first.se.kept_fraction == 1.0
+        x = torch.rand(2, 8, 5, 5) + 0.1
+        a_fg, _ = first.se.foreground(x)
+        torch.testing.assert_close(first.se(x), x * (1 + a_fg))  # reweighted, nothing zeroed
 
 
 # ---------------------------------------------------------------- SCA
@@ -379,21 +403,43 @@ def test_sca_tied_maxima_gradient_sums_match():
 
 # ---------------------------------------------------------------- CPSAM
 
-@pytest.mark.parametrize("channels,ours,non_local", [(64, 1434, 2264), (256, 18018, 33632), (512, 68802, 132800)])
-def test_cpsam_fewer_parameters_than_non_local(channels, ours, non_local):
-    assert n_params(CPSAM(channels)) == ours
+@pytest.mark.parametrize("psa", ["gate", "mix"])
+@pytest.mark.parametrize("channels,ours,non_local", [(64, 1369, 2264), (256, 17761, 33632), (512, 68289, 132800)])
+def test_cpsam_fewer_parameters_than_non_local(channels, ours, non_local, psa):
+    assert n_params(CPSAM(channels, psa=psa)) == ours
     assert n_params(NonLocalAttn(channels)) == non_local
     assert ours < non_local
 
 
+# resnet50's attention-slot shapes, stage by stage (224x224 input)
+RESNET50_STAGES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+
+
+@pytest.mark.parametrize("shape", RESNET50_STAGES)
+def test_cpsam_gate_fewer_macs_than_non_local_at_every_resnet50_stage(shape):
+    """The paper's motivation: Non-Local wastes computation. The default (gate) form costs
+    less than timm's Non-Local everywhere; the full-map form does not from 512x28x28 on."""
+    from nas_attn.cost import measure
+    macs = {name: measure(nn.Sequential(module), shape).macs
+            for name, module in [("gate", CPSAM(shape[0])), ("mix", CPSAM(shape[0], psa="mix")),
+                                 ("nl", NonLocalAttn(shape[0]))]}
+    assert macs["gate"] < macs["nl"]
+    c, h, w = shape
+    assert macs["mix"] - macs["gate"] == c * c * (h * w - 1)  # S x (C*C*H*W) instead of S p (C*C)
+    if shape != (256, 56, 56):
+        assert macs["mix"] > macs["nl"]
+
+
+@pytest.mark.parametrize("psa", ["gate", "mix"])
 @pytest.mark.parametrize("training", [True, False])
-def test_cpsam_fresh_module_is_identity(training):
+def test_cpsam_fresh_module_is_identity(training, psa):
     x = torch.randn(2, 32, 7, 5)
-    assert torch.equal(CPSAM(32).train(training)(x), x)
+    assert torch.equal(CPSAM(32, psa=psa).train(training)(x), x)
 
 
-def test_cpsam_branches_reduce_to_identity():
-    module = CPSAM(16)
+@pytest.mark.parametrize("psa", ["gate", "mix"])
+def test_cpsam_branches_reduce_to_identity(psa):
+    module = CPSAM(16, psa=psa)
     for p in module.parameters():
         nn.init.normal_(p)
     x = torch.randn(2, 16, 6, 6)
@@ -406,15 +452,35 @@ def test_cpsam_branches_reduce_to_identity():
     assert torch.equal(module.csa(x), x)
 
 
-def test_cpsam_position_squeeze_hand_computed():
-    module = CPSAM(3, pool_size=1)
+def test_cpsam_position_squeeze_mix_hand_computed():
+    module = CPSAM(3, pool_size=1, psa="mix")
     with torch.no_grad():
-        module.psa.gamma.fill_(0.5)
+        module.psa.gamma.copy_(torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1))
     x = torch.randn(1, 3, 4, 4)
     pooled = x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))  # (1, C), s = 1
     affinity = torch.softmax(pooled[0][:, None] * pooled[0][None, :], dim=1)
-    expected = x + 0.5 * torch.einsum("ij,jhw->ihw", affinity, x[0])[None]
+    expected = x + module.psa.gamma * torch.einsum("ij,jhw->ihw", affinity, x[0])[None]
     torch.testing.assert_close(module.psa(x), expected)
+
+
+def test_cpsam_position_squeeze_gate_hand_computed():
+    module = CPSAM(3, pool_size=2, psa="gate")
+    with torch.no_grad():
+        module.psa.gamma.copy_(torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1))
+    x = torch.randn(1, 3, 4, 4)
+    cells = x.view(1, 3, 2, 2, 2, 2)  # (b, c, cell row, row in cell, cell col, col in cell)
+    pooled = (cells.mean(dim=(3, 5)) + cells.amax(dim=(3, 5))).reshape(3, 4)
+    affinity = torch.softmax(pooled @ pooled.T, dim=1)
+    gate = torch.sigmoid(affinity @ pooled.mean(dim=1))
+    expected = x * (1 + module.psa.gamma.view(3) * gate).view(1, 3, 1, 1)
+    torch.testing.assert_close(module.psa(x), expected)
+
+
+def test_cpsam_psa_form_validated():
+    with pytest.raises(ValueError, match=r"psa must be one of 'gate', 'mix', got 'full'"):
+        CPSAM(8, psa="full")
+    check_kwargs("cpsam", {"psa": "mix"})
+    assert HYPERPARAMETERS["cpsam"]["psa"]["default"] == "gate"
 
 
 def test_cpsam_channel_squeeze_hand_computed():
@@ -431,16 +497,14 @@ def test_cpsam_channel_squeeze_hand_computed():
     torch.testing.assert_close(csa(x), x + delta.view(1, 4, 1, 1))
 
 
-def test_cpsam_fuse_mixes_each_channel_own_two_branches():
-    module = CPSAM(8).eval()
+@pytest.mark.parametrize("psa", ["gate", "mix"])
+def test_cpsam_fuse_mixes_each_channel_own_two_branches(psa):
+    module = CPSAM(8, psa=psa).eval()
     for p in module.parameters():
         nn.init.normal_(p)
     x = torch.randn(2, 8, 5, 5)
     w = module.fuse.weight.view(8, 2, 1, 1)
-    fused = w[:, 0] * module.csa(x) + w[:, 1] * module.psa(x)
-    bn = module.bn
-    expected = x + (fused - bn.running_mean.view(8, 1, 1)) / torch.sqrt(bn.running_var.view(8, 1, 1) + bn.eps) \
-        * bn.weight.view(8, 1, 1) + bn.bias.view(8, 1, 1)
+    expected = w[:, 0] * module.csa(x) + w[:, 1] * module.psa(x)
     torch.testing.assert_close(module(x), expected)
 
 

@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import BatchNorm2dAnySize, check_values, float_spec, int_spec, reject_unknown
+from ._common import check_values, choice_spec, float_spec, int_spec, reject_unknown
+
+PSA_FORMS = ("gate", "mix")
 
 
 class ChannelSqueezeAttention(nn.Module):
     """CSA branch: one query-independent position map joins all positions (global-context style).
 
     ``a = softmax_HW(conv1x1_{C->1}(x))``; ``c = sum_j a_j x_j`` (length C);
-    ``out = x + W2 ReLU(LN(W1 c))`` with W1: C -> rd, W2: rd -> C. Zeroing W2 (weight and
-    bias) makes the branch the identity.
+    ``out = x + W2 ReLU(LN(W1 c))`` with W1: C -> rd, W2: rd -> C. W2 (weight and bias)
+    starts at zero, so the fresh branch is the identity (as timm's GlobalContext starts).
     """
 
     def __init__(self, channels: int, rd_channels: int, device=None, dtype=None):
@@ -27,36 +29,59 @@ class ChannelSqueezeAttention(nn.Module):
         self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=True, **dd)
         self.norm = nn.LayerNorm(rd_channels, **dd)
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=True, **dd)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``W2 ReLU(LN(W1 c))``, (B, C, 1, 1): what the branch adds to every position."""
         b, c, h, w = x.shape
         # float32 softmax: half-precision logits over many positions lose the small weights.
         attn = F.softmax(self.conv_attn(x).view(b, 1, h * w).float(), dim=-1).to(x.dtype)
         context = torch.bmm(x.reshape(b, c, h * w), attn.transpose(1, 2)).view(b, c, 1, 1)
         hidden = self.norm(self.fc1(context).view(b, -1)).view(b, -1, 1, 1)
-        return x + self.fc2(F.relu(hidden))
+        return self.fc2(F.relu(hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.delta(x)
 
 
 class PositionSqueezeAttention(nn.Module):
     """PSA branch: squeeze positions with avg+max pooling, attend between all channel maps.
 
-    ``P = AvgPool_s(x) + MaxPool_s(x)`` flattened to (C, s*s); ``S = softmax(P P^T)``
-    (C x C); ``out = x + gamma * (S x_flat)``; gamma is a learned scalar, 0 at init, so the
-    fresh branch is the identity. P P^T and the softmax run in float32 (in half precision
-    P P^T overflows for activations above ~16 on 256 channels).
+    ``P = AvgPool_s(x) + MaxPool_s(x)`` flattened to (C, s*s); ``S = softmax(P P^T)`` (C x C),
+    the correlation between all channel maps. Two ways to apply it (``form``):
+
+    * ``"gate"`` (default): S acts on the squeezed descriptor ``p`` (P averaged over its s*s
+      cells, length C): ``g = sigmoid(S p)``, ``out = x * (1 + gamma * g)``. About
+      C*C*(s*s + 1) MACs per image; no full-size product besides the gating.
+    * ``"mix"``: S mixes the full maps, ``out = x + gamma * (S x_flat)``: C*C*H*W more MACs,
+      like a 1x1 conv, which makes it dearer than Non-Local from 512x28x28 on.
+
+    gamma is a learned per-channel scale (C values), 0 at init, so the fresh branch is the
+    identity. P P^T and the softmax run in float32 (in half precision P P^T overflows for
+    activations above ~16 on 256 channels).
     """
 
-    def __init__(self, pool_size: int, device=None, dtype=None):
+    def __init__(self, channels: int, pool_size: int, form: str = "gate", device=None, dtype=None):
         super().__init__()
         self.pool_size = pool_size
-        self.gamma = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
+        self.form = form
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1, device=device, dtype=dtype))
+
+    def affinity(self, x: torch.Tensor):
+        """(S, P): S (B, C, C) float32 softmax affinity, P (B, C, s*s) float32 pooled maps."""
+        b, c = x.shape[:2]
+        s = self.pool_size
+        pooled = (F.adaptive_avg_pool2d(x, s) + F.adaptive_max_pool2d(x, s)).view(b, c, s * s).float()
+        return F.softmax(torch.bmm(pooled, pooled.transpose(1, 2)), dim=-1), pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        s = self.pool_size
-        pooled = (F.adaptive_avg_pool2d(x, s) + F.adaptive_max_pool2d(x, s)).view(b, c, s * s).float()
-        affinity = F.softmax(torch.bmm(pooled, pooled.transpose(1, 2)), dim=-1).to(x.dtype)
-        mixed = torch.bmm(affinity, x.reshape(b, c, h * w)).view(b, c, h, w)
+        affinity, pooled = self.affinity(x)
+        if self.form == "gate":
+            gate = torch.sigmoid(torch.bmm(affinity, pooled.mean(dim=2, keepdim=True))).to(x.dtype)
+            return x * (1.0 + self.gamma * gate.view(b, c, 1, 1))
+        mixed = torch.bmm(affinity.to(x.dtype), x.reshape(b, c, h * w)).view(b, c, h, w)
         return x + self.gamma * mixed
 
 
@@ -68,22 +93,41 @@ class CPSAM(nn.Module):
     through one query-independent map; a Position Squeeze Attention compressing the spatial
     dimensions with both average and max pooling and modelling the correlation between all
     channel maps; the two outputs combined by a conv layer; fewer parameters than a
-    Non-Local block on the same channels.
+    Non-Local block on the same channels; motivated by Non-Local wasting computation on
+    pixel-level pairwise relations.
 
     Reconstruction (ours): the two branch formulas in :class:`ChannelSqueezeAttention` and
-    :class:`PositionSqueezeAttention`; the fuse
-    ``y = x + BN(conv1x1_{2C->C, groups=C}(interleave(out_csa, out_psa)))`` mixes each
-    channel's two branch outputs with 2 weights per channel; the BN weight starts at zero,
-    so a fresh CPSAM is the identity (as timm's NonLocalAttn starts). A full 2C->C fuse
-    would break "fewer parameters than Non-Local" (592,066 vs 132,800 at C=512); the
-    grouped one keeps it: 1,434 / 18,018 / 68,802 parameters at C = 64 / 256 / 512 against
-    NonLocalAttn's 2,264 / 33,632 / 132,800. PSA's ``S x`` costs C*C*H*W MACs per image.
+    :class:`PositionSqueezeAttention`; the fuse ``y = conv1x1_{2C->C, groups=C}(interleave(
+    out_csa, out_psa))`` mixes each channel's two branch outputs with 2 weights per channel,
+    initialised to (1/2, 1/2). Both branches start as the identity (CSA's last layer and
+    PSA's gamma are zero), so a fresh CPSAM is the identity.
+
+    Changed (issue 11), and why:
+
+    * ``psa="gate"`` is the new default: applying S to the squeezed descriptor costs about
+      C*C*(s*s + 1) MACs instead of C*C*H*W, so CPSAM is cheaper than timm's Non-Local at
+      every resnet50 stage shape (the old full-map form, ``psa="mix"``, was dearer from
+      512x28x28 on: 211 M vs 181 M MACs there, 274 M vs 104 M at 2048x7x7). How both forms
+      trained on the embedded digits is in the README's CPSAM section.
+    * The fuse lost its BatchNorm (zero-initialised weight): in a MobileNetV2 inverted
+      residual the slot sees sparse ReLU6 activations, and a BN normalising a mostly-zero
+      channel to unit variance turns its few non-zero pixels into spikes of about sqrt(B*H*W).
+      With it every MobileNetV2 trial diverged (train loss 9.6 after one epoch on digits,
+      slot output RMS 97 against an input RMS of 3). Identity at init now comes from the
+      branches themselves.
+    * gamma is per channel (C values) instead of one scalar: a scalar's gradient sums over
+      every element of the map, and SGD at lr 0.05 threw it to -5 ... -20 in the first epoch.
+
+    Parameters: 2C + 2 + C*rd + rd + 2*rd + rd*C + C (CSA) + C (gamma) + 2C (fuse), fewer than
+    a Non-Local block on the same channels (tested).
 
     Args:
         channels: number of input channels C.
         rd_ratio: CSA bottleneck width as a fraction of C, in (0, 1]; rd = max(1, round(C * rd_ratio)).
             timm's EfficientNet builder passes its se ratio here.
         pool_size: side s of PSA's pooled map, int >= 1, in pooled cells (s*s per channel).
+        psa: ``"gate"`` (channel gate from the squeezed descriptor, ~C*C MACs) or ``"mix"``
+            (S applied to the full map, C*C*H*W MACs).
         **kwargs: timm pass-through keywords; ``device``/``dtype`` are honoured, the others
             ignored; anything else raises ``UnknownArgumentError``.
     """
@@ -91,28 +135,30 @@ class CPSAM(nn.Module):
     HYPERPARAMETERS = {
         "rd_ratio": float_spec(1 / 8, 0.0, 1.0, low_inclusive=False, doc="CSA bottleneck width / C"),
         "pool_size": int_spec(4, 1, None, doc="PSA pooled map side (cells)"),
+        "psa": choice_spec("gate", PSA_FORMS,
+                           doc="PSA form: gate (channel gate, ~C*C MACs) or mix (full map, C*C*H*W MACs)"),
     }
 
-    def __init__(self, channels: int, rd_ratio: float = 1 / 8, pool_size: int = 4, **kwargs):
+    def __init__(self, channels: int, rd_ratio: float = 1 / 8, pool_size: int = 4, psa: str = "gate",
+                 **kwargs):
         super().__init__()
         reject_unknown("CPSAM", kwargs, self.HYPERPARAMETERS)
-        check_values("CPSAM", self.HYPERPARAMETERS, dict(rd_ratio=rd_ratio, pool_size=pool_size))
+        check_values("CPSAM", self.HYPERPARAMETERS, dict(rd_ratio=rd_ratio, pool_size=pool_size, psa=psa))
         dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         self.channels = channels
         self.rd_ratio = float(rd_ratio)
         self.pool_size = int(pool_size)
+        self.psa_form = psa
         rd_channels = max(1, int(round(channels * self.rd_ratio)))
         self.csa = ChannelSqueezeAttention(channels, rd_channels, **dd)
-        self.psa = PositionSqueezeAttention(self.pool_size, **dd)
+        self.psa = PositionSqueezeAttention(channels, self.pool_size, psa, **dd)
         self.fuse = nn.Conv2d(2 * channels, channels, 1, groups=channels, bias=False, **dd)
-        self.bn = BatchNorm2dAnySize(channels, **dd)
-        nn.init.zeros_(self.bn.weight)
-        nn.init.zeros_(self.bn.bias)
+        nn.init.constant_(self.fuse.weight, 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         both = torch.stack((self.csa(x), self.psa(x)), dim=2).view(b, 2 * c, h, w)
-        return x + self.bn(self.fuse(both))
+        return self.fuse(both)
 
     def extra_repr(self) -> str:
-        return f"rd_ratio={self.rd_ratio:g}, pool_size={self.pool_size}"
+        return f"rd_ratio={self.rd_ratio:g}, pool_size={self.pool_size}, psa={self.psa_form}"

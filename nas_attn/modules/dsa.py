@@ -37,6 +37,16 @@ class DSA(nn.Module):
        keeps residual branches of timm's ResNets alive: their last BN starts at zero, so
        the attention input is all zeros on the first step.
 
+    6. Where DSA may prune (changed in issue 11): only in a block with a shortcut. In a
+       MobileNetV2 inverted residual the slot sits after the depthwise conv, before the 1x1
+       projection; the first block of every stage has no shortcut, so a pixel zeroed there is
+       lost to every later layer. Trained on the embedded digits with the space's recipe
+       (mobilenetv2_100, DSA at threshold 0.5 in blocks.1-2), pruning everywhere reached
+       0.396 accuracy against 0.808 without attention. The model builder tells each DSA
+       whether its block has a shortcut (``block_has_shortcut``); without one DSA keeps every
+       pixel and only reweights (``y = x * (1 + a_fg)``), and ``kept_fraction`` is 1 there.
+       ``prune_without_shortcut=True`` restores pruning everywhere.
+
     Saliency statistics are computed in float32 whatever the input dtype, so half
     precision inputs never produce NaN or a division by zero.
 
@@ -50,6 +60,7 @@ class DSA(nn.Module):
         keep_ratio: fraction of pixels kept per sample in ``keep_ratio`` mode, in (0, 1].
         reweight: multiply kept pixels by ``1 + a_fg``.
         eps: flatness tolerance and denominator guard, in the units of the activations, > 0.
+        prune_without_shortcut: also prune in a block that has no shortcut (rule 6).
         **kwargs: timm pass-through keywords (device, dtype, act_layer, rd_ratio, ...) are
             accepted and ignored; anything else raises ``UnknownArgumentError``.
 
@@ -69,6 +80,8 @@ class DSA(nn.Module):
         "reweight": bool_spec(True, doc="scale kept pixels by 1 + a_fg"),
         "eps": float_spec(1e-6, 0.0, None, low_inclusive=False,
                           doc="flatness tolerance, activation units"),
+        "prune_without_shortcut": bool_spec(
+            False, doc="also prune in a block without a shortcut (pruned pixels are then lost)"),
     }
 
     def __init__(
@@ -80,13 +93,14 @@ class DSA(nn.Module):
             keep_ratio: float = 0.5,
             reweight: bool = True,
             eps: float = 1e-6,
+            prune_without_shortcut: bool = False,
             **kwargs,
     ):
         super().__init__()
         reject_unknown("DSA", kwargs, self.HYPERPARAMETERS)
         check_values("DSA", self.HYPERPARAMETERS, dict(
             threshold=threshold, reduce=reduce, prune_mode=prune_mode, keep_ratio=keep_ratio,
-            reweight=reweight, eps=eps))
+            reweight=reweight, eps=eps, prune_without_shortcut=prune_without_shortcut))
         self.channels = channels
         self.threshold = float(threshold)
         self.reduce = reduce
@@ -94,6 +108,10 @@ class DSA(nn.Module):
         self.keep_ratio = float(keep_ratio)
         self.reweight = bool(reweight)
         self.eps = float(eps)
+        self.prune_without_shortcut = bool(prune_without_shortcut)
+        # Set by the model builder (nas_attn.arch) from the block DSA sits in; a DSA built on
+        # its own assumes a shortcut, i.e. prunes as its rule says.
+        self.block_has_shortcut = True
         self._kept_fraction: Optional[torch.Tensor] = None
 
     @property
@@ -133,9 +151,17 @@ class DSA(nn.Module):
             mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True).view_as(a_fg)
         return mask | ~informative.view(-1, 1, 1, 1)
 
+    @property
+    def prunes(self) -> bool:
+        """Whether this DSA zeroes pixels: not in a block without a shortcut, unless told to."""
+        return self.block_has_shortcut or self.prune_without_shortcut
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a_fg, informative = self.foreground(x)
-        mask = self.keep_mask(a_fg, informative)
+        if self.prunes:
+            mask = self.keep_mask(a_fg, informative)
+        else:
+            mask = torch.ones_like(a_fg, dtype=torch.bool)
         self._kept_fraction = mask.detach().float().mean()
         scale = mask.to(a_fg.dtype)
         if self.reweight:
@@ -145,4 +171,5 @@ class DSA(nn.Module):
     def extra_repr(self) -> str:
         rule = (f"threshold={self.threshold}" if self.prune_mode == "threshold"
                 else f"keep_ratio={self.keep_ratio}")
-        return f"reduce={self.reduce}, {rule}, reweight={self.reweight}"
+        where = "" if self.prunes else ", no pruning (block has no shortcut)"
+        return f"reduce={self.reduce}, {rule}, reweight={self.reweight}{where}"
