@@ -4,6 +4,7 @@ import json
 import pytest
 import timm
 import torch
+from timm.layers import EcaModule, SEModule, make_divisible
 from torch import nn
 
 import nas_attn  # noqa: F401  (registers nas_attn_cnn with timm)
@@ -24,6 +25,26 @@ def full_arch(model_name, **extra):
     return {"model": model_name, "model_args": {"num_classes": 5}, "blocks": blocks, **extra}
 
 
+def check_slot(slot, attention, kwargs, channels):
+    """The built module is the chosen class, with the chosen hyperparameters."""
+    if attention == "none":
+        assert slot is None or isinstance(slot, nn.Identity)
+    elif attention == "dsa":
+        assert isinstance(slot, DSA) and slot.threshold == kwargs["threshold"]
+    elif attention == "se":
+        assert isinstance(slot, SEModule)
+        assert slot.fc1.out_channels == make_divisible(channels * kwargs["rd_ratio"], 8, round_limit=0.0)
+    elif attention == "sca":
+        assert isinstance(slot, SCA) and slot.kernel_size == kwargs["kernel_size"]
+        assert slot.gate_hw.conv.kernel_size == (kwargs["kernel_size"],) * 2
+    elif attention == "cpsam":
+        assert isinstance(slot, CPSAM)
+    elif attention == "eca":
+        assert isinstance(slot, EcaModule)
+    else:
+        raise AssertionError(f"no check for {attention}")
+
+
 @pytest.mark.parametrize("model_name", FAMILIES)
 def test_every_family_builds_runs_and_learns(model_name):
     arch = full_arch(model_name)
@@ -31,22 +52,26 @@ def test_every_family_builds_runs_and_learns(model_name):
     sites = attention_sites(model)
     assert list(sites) == list(arch["blocks"])
     for name, choice in arch["blocks"].items():
-        slot = sites[name].block.se
-        expected = {"dsa": DSA, "sca": SCA, "cpsam": CPSAM}.get(choice["attention"])
-        if expected is not None:
-            assert isinstance(slot, expected)
-        if choice["attention"] == "none":
-            assert slot is None or isinstance(slot, nn.Identity)
+        check_slot(sites[name].block.se, choice["attention"], choice["attention_kwargs"], sites[name].channels)
         conv = getattr(sites[name].block, sites[name].conv_attr)
         assert isinstance(conv, AWConv2d) == (choice["aw_conv"] is not None)
-    x = torch.randn(2, 3, 64, 64)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
     model.train()
-    out = model(x)
-    assert out.shape == (2, 5)
-    out.sum().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.grad is not None)
 
+    def loss():
+        torch.manual_seed(0)  # same dropout/drop-path masks in both passes
+        out = model(x)
+        assert out.shape == (2, 5)
+        return nn.functional.cross_entropy(out, y)
 
+    before = loss()
+    before.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # Every parameter is in the graph (an attention module cut off from it would get None).
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+    torch.optim.SGD(trainable, lr=0.01).step()
+    with torch.no_grad():
+        assert loss() < before  # one step on the batch lowers its loss: the model learns
 @pytest.mark.parametrize("model_name", FAMILIES)
 def test_same_arch_twice_gives_the_same_model(model_name):
     arch = full_arch(model_name)
