@@ -160,8 +160,13 @@ def test_digits_augmentation_only_on_training_split(digits):
     a, p = a - a.mean(1, keepdim=True), p - p.mean(1, keepdim=True)
     correlation = (a * p).sum(1) / (a.norm(dim=1) * p.norm(dim=1))
     assert correlation.min() > 0.3
-    # Validation images carry no randomness.
-    assert torch.equal(digits.val[0][0], digits.val[0][0])
+    # Validation images carry no randomness: a generator changes nothing (it moves every
+    # augmented training image above).
+    val_positions = torch.arange(16)
+    plain_val = digits.val.batch(val_positions)[0]
+    assert torch.equal(digits.val.batch(val_positions, generator=gen())[0], plain_val)
+    assert torch.equal(digits.val.batch(val_positions, generator=torch.Generator().manual_seed(9))[0], plain_val)
+    assert torch.equal(digits.val[3][0], plain_val[3])
     no_aug = D.load("digits", image_size=32, augment=False)
     assert torch.equal(no_aug.train.batch(positions)[0], plain)
 
@@ -432,7 +437,14 @@ def test_imagefolder_layout(tmp_path):
     image, val_label = bundle.val[0]
     torch.testing.assert_close(unnormalise(image, D.IMAGENET_MEAN, D.IMAGENET_STD), expected, atol=1e-5, rtol=0)
     assert val_label == label == bundle.class_names.index(os.path.basename(os.path.dirname(path)))
-    assert torch.equal(bundle.test[0][0], bundle.test[0][0])
+    # The test split gets the same evaluation transform, whatever the global seed.
+    path, label = bundle.test.samples[bundle.test.indices[0]]
+    expected = TF.to_tensor(TF.center_crop(TF.resize(Image.open(path).convert("RGB"), 18), 16))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        image, test_label = bundle.test[0]
+        torch.testing.assert_close(unnormalise(image, D.IMAGENET_MEAN, D.IMAGENET_STD), expected, atol=1e-5, rtol=0)
+        assert test_label == label
 
 
 def test_imagefolder_errors(tmp_path):

@@ -210,8 +210,15 @@ def test_completed_trials_inform_the_rung():
     scheduler.on_trial_complete(None, FakeTrial("a"), {"epoch": 1, "accuracy": 0.1})  # no overwrite
     assert scheduler.recorded[1] == {"a": (0.8,)}
     assert _report(scheduler, "b", 1, accuracy=0.7) == STOP
+    recorded = {rung: dict(trials) for rung, trials in scheduler.recorded.items()}
+    stopped = dict(scheduler.stopped)
     scheduler.on_trial_error(None, FakeTrial("b"))
     scheduler.on_trial_remove(None, FakeTrial("c"))
+    # An errored or removed trial keeps its place in the rungs it reached (as Ray's ASHA does):
+    # later arrivals are still judged against it.
+    assert {rung: dict(trials) for rung, trials in scheduler.recorded.items()} == recorded
+    assert scheduler.recorded[1] == {"a": (0.8,), "b": (0.7,)}
+    assert scheduler.stopped == stopped == {"b": 1}
 
 
 def test_set_search_properties_refuses_a_second_metric_source():

@@ -101,8 +101,42 @@ def test_cosine_schedule_with_warmup(digits8):
 
 
 def test_adamw_and_label_smoothing_run(digits8):
-    result = train(tiny_cnn(), digits8, epochs=1, optimizer="adamw", lr=3e-3, label_smoothing=0.1)
-    assert 0.0 <= result.accuracy <= 1.0 and math.isfinite(result.val_loss)
+    # One full-batch step. AdamW's first step moves every weight by lr x sign(grad) (m / sqrt(v)
+    # = g / |g|) after the decoupled decay w *= 1 - lr x wd; SGD would move it by lr x grad.
+    model = tiny_cnn()
+    before = model[0].weight.detach().clone()
+    lr, wd = 3e-3, 0.05
+    result = train(model, digits8, epochs=1, batch_size=len(digits8.train), optimizer="adamw", lr=lr,
+                   label_smoothing=0.1)
+    assert result.history[-1]["steps"] == 1
+    step = model[0].weight.detach() - before * (1 - lr * wd)
+    moved = step.abs() > lr / 10  # weights whose gradient is not ~0 (Adam's eps)
+    assert moved.float().mean() > 0.9
+    torch.testing.assert_close(step[moved].abs(), torch.full_like(step[moved], lr), rtol=1e-3, atol=0)
+    assert math.isfinite(result.val_loss) and 0.0 <= result.accuracy <= 1.0
+
+
+def test_label_smoothing_reaches_the_training_loss(digits8):
+    # A model with fixed, confident logits: its smoothed cross-entropy is, by hand,
+    # eps x (mean over the classes of -log p) + (1 - eps) x (-log p_true).
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(10))
+
+        def forward(self, x):
+            logits = torch.full((len(x), 10), -4.0)
+            logits[:, 0] = 4.0
+            return logits + 0 * self.bias  # a parameter for the optimizer, zero gradient
+
+    eps = 0.1
+    result = train(Fixed(), digits8, epochs=1, batch_size=len(digits8.train), lr=1e-3, label_smoothing=eps)
+    log_p = F.log_softmax(torch.tensor([4.0] + [-4.0] * 9), dim=0)
+    labels = torch.tensor([int(digits8.train[i][1]) for i in range(len(digits8.train))])
+    nll = -log_p[labels].double().mean()
+    expected = eps * (-log_p.double().mean()) + (1 - eps) * nll
+    # float32 loss of one batch: ~1e-7 relative error; no smoothing would be 1.4e-4 away
+    assert result.train_loss == pytest.approx(expected.item(), rel=1e-6)
 
 
 class InfAfter(nn.Module):
