@@ -174,3 +174,11 @@ def test_summaries_show_the_structure():
     assert arch_summary(space.baseline()).startswith("ch 16/32/64/128 x2/2/2/2; ")
     mnv2 = loads(MOBILENET).extreme_arch(True)
     assert arch_summary(mnv2).startswith("c 8/16/16/32/48/80/160 d 1/2/2/4/3/3/1")
+
+
+def test_default_space_can_trade_at_least_3x_in_macs():
+    from nas_attn.space import load
+    space = load("cluttered_resnet")
+    macs = [measure(build_model(space.extreme_arch(big)), space.input_size).macs for big in (False, True)]
+    assert macs[1] / macs[0] >= 3.0
+    assert space.data["dataset"] == "cluttered_digits" and space.search["trials"] == 12

@@ -124,7 +124,7 @@ def test_every_shipped_space_validates(name):
 
 def test_digits_spaces_search_only_blocks_that_see_at_least_4x4():
     from nas_attn.arch import feature_map_sizes
-    for name in ("digits_resnet", "digits_mobilenetv2"):
+    for name in ("digits_resnet", "digits_mobilenetv2", "cluttered_resnet"):
         space = load(name)
         sizes = feature_map_sizes(space.build(space.baseline()), space.input_size)
         for decision in space.decisions:
