@@ -313,3 +313,21 @@ def test_cli_errors(run_dir, tmp_path):
         parse(["plot", str(run_dir), "--ref", "zero,1"])
     with pytest.raises(SystemExit):
         parse(["plot", str(run_dir), "--x", "flops"])
+
+
+def test_intervals_draw_as_error_bars_and_confirmed_means_move_the_points(tmp_path):
+    from nas_attn.intervals import wilson_interval
+    recs = records()
+    for r in recs:
+        if r["status"] == "ok":
+            r["metrics"]["accuracy_low"], r["metrics"]["accuracy_high"] = wilson_interval(r["metrics"]["accuracy"], 2000)
+    plain = plot.plot_runs([make_run(tmp_path / "a", recs)], tmp_path / "a.svg").read_text()
+    assert "bars: 95% interval (Wilson over validation images)" in plain
+    confirmed = json.loads(json.dumps(recs))
+    top = max((r for r in confirmed if r["status"] == "ok"), key=lambda r: r["metrics"]["accuracy"])
+    top["confirm"] = {"seeds": [0, 1, 2], "accuracy": [top["metrics"]["accuracy"], 0.5, 0.5],
+                      "mean": 0.6, "low": 0.4, "high": 0.8}
+    run = plot.load_run(make_run(tmp_path / "b", confirmed))
+    assert [r["number"] for r in run.front] == [top["number"]]  # only confirmed trials compete
+    text = plot.plot_runs([run.path], tmp_path / "b.svg").read_text()
+    assert "over seeds for confirmed trials" in text

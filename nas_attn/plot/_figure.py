@@ -194,6 +194,10 @@ def _legend_texts(s: Series, x: str) -> Dict[str, str]:
         trials += f"; not shown (no final accuracy): {hidden}"
     if s.missing_x:
         trials += f"; {s.missing_x} finished without {x}"
+    if any(p.get("y_low") is not None for p in s.points):
+        confirmed = any("confirm" in p["record"] for p in s.points)
+        trials += ("; bars: 95% interval (" + ("over seeds for confirmed trials, " if confirmed else "")
+                   + "Wilson over validation images)")
     hv = hypervolume_text(run.hypervolume, run.objectives, run.reference)
     if not s.hv_on_axes:
         hv += " (on the objectives, not the x axis)"
