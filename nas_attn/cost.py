@@ -83,6 +83,21 @@ such module's ``kept_fraction`` f. In the counting pass the MACs of every operat
 the DSA's output, are scaled by f. With several such DSAs on one operation's inputs the
 smallest f is used: a pixel must be kept by each of them, so the smallest is an upper
 bound of the true fraction (conservative). Element-wise ops are never scaled.
+
+Effective MACs (DSA gates)
+--------------------------
+A gated residual block (``nas_attn.modules.gate_block``: ``y = shortcut(x) + M * branch(x)``)
+needs each branch convolution only at some output pixels: the last one at the mask M, each
+earlier one at the input pixels the next one reads (M dilated by the next kernel and mapped
+through its stride, as DynConv dilates its masks; a 1x1 stride-1 conv keeps the mask). With
+``data``, ``measure`` runs the model on it and takes these fractions from each gate's mask
+(averaged over the batch, :func:`nas_attn.modules.branch_fractions`); the MACs of a branch
+convolution (the ops run by the module ``block.conv1`` etc.) are scaled by its fraction. The
+shortcut (identity or downsample conv) is never scaled, nor is attention in the block's slot
+(it runs on the whole, partly zero, map). A DSA in the slot and a gate on the same conv: the
+smaller fraction is used, as above. The counting pass itself runs the dense masked path, so
+the MAC count is the model's dense count. The gates' kept fractions appear in ``dsa_kept``
+under their module path (``layer1.0.gate``), the per-conv fractions in ``gated``.
 """
 from __future__ import annotations
 
@@ -120,7 +135,8 @@ class Cost:
     products. elementwise_ops: everything else, by the table in this module's docstring.
     effective_macs: MACs with the work after each DSA scaled by its kept fraction (equals
     ``macs`` without DSA or without data). dsa_kept: module path -> fraction of pixels
-    kept on the data (0..1). by_module: module path -> :class:`ModuleCost` of the
+    kept on the data (0..1), for DSA modules and DSA gates. gated: path of a gated branch's
+    conv -> fraction of its output pixels it must compute (0..1). by_module: module path -> :class:`ModuleCost` of the
     operations that module executed itself (innermost module; "" is the root).
     uncounted_ops: names of aten operations seen that the table does not cover.
     """
@@ -130,6 +146,7 @@ class Cost:
     elementwise_ops: int
     effective_macs: float
     dsa_kept: Dict[str, float] = field(default_factory=dict, hash=False)
+    gated: Dict[str, float] = field(default_factory=dict, hash=False)
     by_module: Dict[str, ModuleCost] = field(default_factory=dict, hash=False, repr=False)
     uncounted_ops: Tuple[str, ...] = ()
 
@@ -147,6 +164,7 @@ class Cost:
         }
         if detail:
             out["dsa_kept"] = {k: float(v) for k, v in self.dsa_kept.items()}
+            out["gated"] = {k: float(v) for k, v in self.gated.items()}
             out["by_module"] = {k: v._asdict() for k, v in self.by_module.items()}
             out["uncounted_ops"] = list(self.uncounted_ops)
         return out
@@ -510,8 +528,29 @@ def _per_image(total: Union[int, float], batch: int) -> Union[int, float]:
     return total / batch
 
 
+def _is_gate(module: nn.Module) -> bool:
+    # a DSAGate: it masks a residual branch (counted through branch_fractions), it does not
+    # prune the tensors that descend from its output
+    return hasattr(module, "kept_fraction") and hasattr(module, "last_mask")
+
+
 def _is_pruning(module: nn.Module) -> bool:
-    return hasattr(module, "kept_fraction")
+    return hasattr(module, "kept_fraction") and not _is_gate(module)
+
+
+def _gate_fractions(model: nn.Module) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """(gate path -> kept fraction, branch conv path -> fraction to compute) of the last forward."""
+    kept: Dict[str, float] = {}
+    convs: Dict[str, float] = {}
+    for path, m in model.named_modules():
+        gate = getattr(m, "gate", None)
+        if hasattr(m, "branch_convs") and gate is not None and _is_gate(gate) and gate.last_mask is not None:
+            from nas_attn.modules import branch_fractions
+            prefix = path + "." if path else ""
+            kept[prefix + "gate"] = float(gate.kept_fraction)
+            for conv, fraction in branch_fractions(m).items():
+                convs[prefix + conv] = fraction
+    return kept, convs
 
 
 def _aw_conv_class():
@@ -539,8 +578,13 @@ class _Restore:
         self.modes = [(m, m.training) for m in model.modules()]
         # DSA keeps its last kept fraction in plain attributes (behind a read-only
         # property): a shallow copy of the instance dict puts them back
-        self.state = [(m, dict(vars(m))) for m in model.modules() if _is_pruning(m)]
+        self.state = [(m, dict(vars(m))) for m in model.modules() if _is_pruning(m) or _is_gate(m)]
         self.handles = []
+        # the counting pass runs gated blocks densely: the sparse path's gathers and matrix
+        # products would count the random input's mask, not the data's
+        for m in model.modules():
+            if _is_gate(m):
+                m.sparse = False
 
     def restore(self) -> None:
         for h in self.handles:
@@ -556,7 +600,8 @@ class _Restore:
 
 
 def _count_forward(
-    model: nn.Module, x: torch.Tensor, kept: Dict[str, float], restore: _Restore
+    model: nn.Module, x: torch.Tensor, kept: Dict[str, float], restore: _Restore,
+    gated: Optional[Dict[str, float]] = None,
 ) -> Cost:
     names = {}
     for path, m in model.named_modules():
@@ -565,6 +610,7 @@ def _count_forward(
     aw_cls = _aw_conv_class()
     aw = {path: m for m, path in names.items() if aw_cls is not None and isinstance(m, aw_cls)}
     counter = _OpCounter(track_lineage=bool(pruning or aw), aw_paths=aw)
+    gated = dict(gated or {})
 
     def pre_hook(module, inputs):
         path = names[module]
@@ -597,7 +643,7 @@ def _count_forward(
         eff = 0.0
         for dsas, m in counter.macs.get(path, {}).items():
             scale = min((kept[d] for d in dsas if d in kept), default=1.0)
-            eff += m * scale
+            eff += m * min(scale, gated.get(path, 1.0))
         ops = counter.ops.get(path, 0)
         by_module[path] = ModuleCost(
             _per_image(macs, batch), _per_image(ops, batch), eff / batch
@@ -612,6 +658,7 @@ def _count_forward(
         elementwise_ops=_per_image(total_ops, batch),
         effective_macs=total_eff / batch,
         dsa_kept=dict(kept),
+        gated=gated,
         by_module=dict(sorted(by_module.items())),
         uncounted_ops=tuple(sorted(counter.uncounted)),
     )
@@ -670,7 +717,8 @@ def measure(
     default ``data.shape[1:]`` when ``data`` is given, else (3, 224, 224).
     data: an input batch (B, C, H, W) of real data. The model runs on it in eval mode to
     read each DSA's kept fraction, which scales the MACs downstream of that DSA inside
-    its block (``effective_macs``). Without it ``effective_macs == macs``.
+    its block, and each DSA gate's mask, which scales its branch convolutions
+    (``effective_macs``). Without it ``effective_macs == macs``.
     The model's training flags, DSA kept fractions and hooks are restored afterwards,
     also when the forward raises.
     """
@@ -703,6 +751,9 @@ def measure(
             for path, m in model.named_modules():
                 if _is_pruning(m) and m.kept_fraction is not None:
                     kept[path] = float(m.kept_fraction)
+            gate_kept, gated = _gate_fractions(model)
+            kept.update(gate_kept)
+            return _count_forward(model, x, kept, restore, gated)
         return _count_forward(model, x, kept, restore)
     finally:
         restore.restore()

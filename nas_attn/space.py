@@ -24,6 +24,7 @@ The format (README "Search spaces" documents every key)::
           choices: [none, se, dsa]
           dsa: {threshold: {float: [0.0, 0.8]}}
         aw_conv: {choices: [false, true]}
+        gate: {choices: [false, true], threshold: {float: [0.0, 0.8]}}   # DSA gate on the branch
         tie: stage
     search: {trials: 16, concurrent: 2, sampler: tpe, seed: 0}
 """
@@ -290,6 +291,8 @@ class BlockRule:
     tie_stage: bool
     knobs: Dict[str, Param] = field(default_factory=dict)   # expansion, kernel
     knob_lines: Dict[str, tuple] = field(default_factory=dict)  # knob -> key path (for errors)
+    gate: Tuple[bool, ...] = (False,)         # DSA gate on the residual branch: allowed values
+    gate_params: Dict[str, Param] = field(default_factory=dict)
 
 
 def _parse_knob(knob: str, value, path, check: _Checker) -> Param:
@@ -314,7 +317,7 @@ def _parse_knob(knob: str, value, path, check: _Checker) -> Param:
 
 
 def _parse_block_rule(glob, value, path, check: _Checker) -> BlockRule:
-    check.mapping(value, path, ("attention", "aw_conv", "tie", *BLOCK_KNOBS))
+    check.mapping(value, path, ("attention", "aw_conv", "gate", "tie", *BLOCK_KNOBS))
     attention: Dict[str, Dict[str, Param]] = {"none": {}}
     if "attention" in value:
         spec = value["attention"]
@@ -368,12 +371,34 @@ def _parse_block_rule(glob, value, path, check: _Checker) -> BlockRule:
             _check_module_kwargs("aw_conv", aw_params, wpath, check)
         else:
             check.fail(wpath, f"expected true, false or {{choices: [false, true], ...}}, got {_kind(spec)}")
+    gate_values, gate_params = _parse_switch(value, "gate", "dsa_gate", path, check)
     tie = value.get("tie")
     if tie is not None:
         check.one_of(tie, path + ("tie",), ("stage",))
     knobs = {k: _parse_knob(k, value[k], path + (k,), check) for k in BLOCK_KNOBS if k in value}
     return BlockRule(str(glob), attention, aw_values, aw_params, tie == "stage", knobs,
-                     {k: path + (k,) for k in knobs})
+                     {k: path + (k,) for k in knobs}, gate_values, gate_params)
+
+
+def _parse_switch(value, key: str, module: str, path, check: _Checker) -> Tuple[Tuple[bool, ...], Dict[str, Param]]:
+    """A block option that is on or off with hyperparameters when on (``gate``): ``true``,
+    ``false`` or ``{choices: [false, true], <hyperparameter>: <param>, ...}``."""
+    if key not in value:
+        return (False,), {}
+    spec = value[key]
+    kpath = path + (key,)
+    if isinstance(spec, bool):
+        return (spec,), {}
+    if not isinstance(spec, dict):
+        check.fail(kpath, f"expected true, false or {{choices: [false, true], ...}}, got {_kind(spec)}")
+    if "choices" not in spec:
+        check.fail(kpath, "missing required key 'choices' ([false, true], [true] or [false])")
+    choices = spec["choices"]
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, bool) for c in choices):
+        check.fail(kpath + ("choices",), f"expected a non-empty list of true/false, got {_kind(choices)}")
+    params = {hp: _parse_param(v, kpath + (hp,), check) for hp, v in spec.items() if hp != "choices"}
+    _check_module_kwargs(module, params, kpath, check)
+    return tuple(dict.fromkeys(choices)), params
 
 
 @dataclass(frozen=True)
@@ -418,7 +443,9 @@ class Decision:
             total += math.prod(p.count() for p in params.values()) if params else 1
         aw = sum(math.prod(p.count() for p in self.rule.aw_conv_params.values()) if v else 1
                  for v in self.rule.aw_conv)
-        return total * aw * math.prod(p.count() for p in self.rule.knobs.values())
+        gate = sum(math.prod(p.count() for p in self.rule.gate_params.values()) if v else 1
+                   for v in self.rule.gate)
+        return total * aw * gate * math.prod(p.count() for p in self.rule.knobs.values())
 
 
 @dataclass
@@ -516,7 +543,13 @@ class SearchSpace:
                       if len(rule.aw_conv) > 1 else rule.aw_conv[0])
             aw = ({hp: p.suggest(trial, f"{unit}.aw_conv.{hp}") for hp, p in rule.aw_conv_params.items()}
                   if use_aw else None)
-            return {"attention": name, "attention_kwargs": kwargs, "aw_conv": aw}
+            choice = {"attention": name, "attention_kwargs": kwargs, "aw_conv": aw}
+            if rule.gate != (False,):  # Arches of spaces without gates stay as they were
+                use_gate = (trial.suggest_categorical(f"{unit}.gate", list(rule.gate))
+                            if len(rule.gate) > 1 else rule.gate[0])
+                choice["gate"] = ({hp: p.suggest(trial, f"{unit}.gate.{hp}") for hp, p in rule.gate_params.items()}
+                                  if use_gate else None)
+            return choice
         return self._arch(choose, choose_stage, choose_knobs)
 
     def _base_knob(self, stage_or_blocks, knob: str):
@@ -563,6 +596,8 @@ class SearchSpace:
                 params[f"{d.unit}.attention"] = "none"
             if len(d.rule.aw_conv) > 1:
                 params[f"{d.unit}.aw_conv"] = False
+            if len(d.rule.gate) > 1:
+                params[f"{d.unit}.gate"] = False
             for knob, param in d.rule.knobs.items():
                 base = self._base_knob(d.blocks, knob)
                 if param.kind != "fixed" and base in _knob_values(param):
@@ -589,7 +624,7 @@ class SearchSpace:
 
     def structure_count(self) -> int:
         """Architectures counting module choices and cost knobs only (module hyperparameters ignored)."""
-        return math.prod(len(d.rule.attention) * len(d.rule.aw_conv)
+        return math.prod(len(d.rule.attention) * len(d.rule.aw_conv) * len(d.rule.gate)
                          * math.prod(p.count() for p in d.rule.knobs.values())
                          for d in self.decisions) * self._stage_count()
 
@@ -813,6 +848,7 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     except TypeError as exc:
         check.fail(("model", "args"), f"timm could not build {model_name} with these args: {exc}")
     decisions = _decisions(rules, list(sites), check)
+    _check_gateable(decisions, sites, check)
     stages, base_arch_def = _stages(probe, model_family, model_name, args, list(sites), stage_rules, rules, check)
     _check_knobs(stages, decisions, model_family, base_arch_def, divisor, check)
     if "channel_divisor" in doc["model"]:
@@ -898,6 +934,20 @@ def _check_knobs(stages: List[Stage], decisions: List["Decision"], model_family:
                 if knob == "expansion" and not base_arch_def[stage_index][block_index].startswith("ir"):
                     check.fail(path, f"block {block} is a depthwise-separable block without an expansion "
                                      f"conv; expansion applies to inverted residuals ('ir' blocks)")
+
+
+def _check_gateable(decisions: List[Decision], sites, check: _Checker) -> None:
+    """A rule that may gate a block must match only blocks that can take a DSA gate."""
+    for decision in decisions:
+        if True not in decision.rule.gate:
+            continue
+        for block in decision.blocks:
+            reason = attn_modules.why_not_gateable(sites[block].block)
+            if reason is not None:
+                ok = [b for b, site in sites.items() if attn_modules.why_not_gateable(site.block) is None]
+                check.fail(("blocks", decision.rule.glob, "gate"),
+                           f"block {block} cannot take a DSA gate: {reason}; narrow the glob to "
+                           f"gateable blocks ({', '.join(ok) or 'none in this model'})")
 
 
 def _decisions(rules: List[BlockRule], block_names: List[str], check: _Checker) -> List[Decision]:

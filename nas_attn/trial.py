@@ -59,7 +59,9 @@ def constraint_violations(cost: Dict[str, float], constraints: Dict[str, float])
 
 
 def has_dsa(arch: Arch) -> bool:
-    return any(b.get("attention") == "dsa" for b in arch.get("blocks", {}).values())
+    """True if a block carries DSA or a DSA gate: its effective MACs depend on the data."""
+    return any(b.get("attention") == "dsa" or b.get("gate") is not None
+               for b in arch.get("blocks", {}).values())
 
 
 def run_trial(arch: Arch, settings: Dict[str, Any], report: Callable[..., None],

@@ -307,3 +307,170 @@ def test_set_sparse_counts_gates():
     assert all(not m.sparse for m in model.modules() if isinstance(m, DSAGate))
     assert math.isclose(sum(p.numel() for p in model.parameters()),
                         sum(p.numel() for p in timm.create_model("resnet18", num_classes=10).parameters()))
+
+
+# ----------------------------------------------------------------------------- effective MACs
+
+def _conv_macs(conv, pixels):
+    return pixels * conv.in_channels // conv.groups * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+
+
+def test_effective_macs_follow_the_gate_by_hand():
+    """One salient pixel of 6x6 kept: conv2 is charged 1 pixel, conv1 the 3x3 around it."""
+    from nas_attn.cost import measure
+    block, _ = _block_and_input("resnet18", "layer1.0")
+    gate_block(block, threshold=0.5)
+    x = torch.zeros(2, 64, 6, 6)
+    x[:, :, 2, 3] = 1.0  # the only pixel with a_fg >= 0.5
+    cost = measure(block, data=x)
+    dense = 2 * _conv_macs(block.conv1, 36)
+    assert cost.macs == dense
+    assert cost.dsa_kept == {"gate": pytest.approx(1 / 36)}
+    assert cost.gated == {"conv1": 9 / 36, "conv2": 1 / 36}
+    assert cost.effective_macs == pytest.approx(_conv_macs(block.conv1, 9) + _conv_macs(block.conv2, 1))
+    assert block.gate.sparse  # measuring does not leave the gate switched to dense
+
+
+def test_effective_macs_of_a_strided_bottleneck_keep_the_shortcut_dense():
+    from nas_attn.cost import measure
+    block, _ = _block_and_input("resnet50", "layer2.0")
+    gate_block(block, threshold=0.5)
+    x = torch.zeros(1, 256, 8, 8)
+    x[:, :, 2:4, 2:4] = 1.0  # pooled to the 4x4 output grid: output pixel (1, 1) only
+    cost = measure(block, data=x)
+    assert cost.gated == {"conv1": 9 / 64, "conv2": 1 / 16, "conv3": 1 / 16}
+    expected = (_conv_macs(block.conv1, 9) + _conv_macs(block.conv2, 1) + _conv_macs(block.conv3, 1)
+                + _conv_macs(block.downsample[0], 16))
+    assert cost.effective_macs == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("model_name,block_name", [("resnet50", "layer2.1"), ("mobilenetv2_100", "blocks.2.1")])
+def test_threshold_zero_costs_exactly_the_dense_block(model_name, block_name):
+    from nas_attn.cost import measure
+    block, x = _block_and_input(model_name, block_name)
+    plain = measure(copy.deepcopy(block), data=x)
+    gate_block(block, threshold=0.0)
+    cost = measure(block, data=x)
+    assert cost.macs == plain.macs and cost.effective_macs == plain.macs
+    assert set(cost.gated.values()) == {1.0}
+
+
+def test_effective_macs_match_the_sparse_path_in_a_whole_model():
+    """Over a whole gated resnet18 the effective MACs equal the MACs the sparse path runs
+    (FlopCounterMode / 2), stem, shortcuts and classifier included."""
+    from nas_attn.cost import measure
+    blocks = {f"layer{i}.{j}": {"gate": {"prune_mode": "keep_ratio", "keep_ratio": 0.4}}
+              for i in range(1, 5) for j in range(2)}
+    model = build_model(_arch("resnet18", blocks)).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    cost = measure(model, data=x)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    assert counter.get_total_flops() == pytest.approx(2 * cost.effective_macs, rel=1e-9)
+    assert cost.effective_macs < 0.8 * cost.macs
+
+
+# ----------------------------------------------------------------------------- search spaces
+
+GATE_SPACE = """\
+name: gated
+model: {name: resnet18, args: {num_classes: 10, in_chans: 1}}
+data: {dataset: digits, image_size: 32}
+blocks:
+  "layer[12].*":
+    attention: {choices: [none, se]}
+    gate:
+      choices: [false, true]
+      threshold: {float: [0.0, 0.8]}
+      reduce: {choices: [mean, max]}
+search: {trials: 4, concurrent: 1, sampler: random, seed: 3}
+"""
+
+
+def test_space_gate_is_conditional_and_reaches_the_arch():
+    import optuna
+    from nas_attn.space import loads
+    space = loads(GATE_SPACE)
+    assert space.structure_count() == (2 * 2) ** 4
+    assert space.baseline_params()["layer1.0.gate"] is False
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    gated = plain = 0
+    for _ in range(12):
+        trial = study.ask()
+        arch = space.sample(trial)
+        for block, choice in arch["blocks"].items():
+            if choice["gate"] is None:
+                plain += 1
+                assert f"{block}.gate.threshold" not in trial.params
+            else:
+                gated += 1
+                assert 0.0 <= choice["gate"]["threshold"] <= 0.8 and choice["gate"]["reduce"] in ("mean", "max")
+                assert trial.params[f"{block}.gate.threshold"] == choice["gate"]["threshold"]
+        study.tell(trial, 0.0)
+    assert gated and plain
+    build_model(arch)
+    assert all(c.get("gate") is None for c in space.baseline()["blocks"].values())
+
+
+GATE_ERRORS = {
+    "threshold_one": (GATE_SPACE.replace("float: [0.0, 0.8]", "float: [0.0, 1.0]"), 9,
+                      'blocks."layer[12].*".gate.threshold', "threshold must be a float in [0, 1)"),
+    "keep_ratio_zero": (GATE_SPACE.replace("threshold: {float: [0.0, 0.8]}", "keep_ratio: {float: [0.0, 0.5]}"), 9,
+                        'blocks."layer[12].*".gate.keep_ratio', "keep_ratio must be a float in (0, 1]"),
+    "keep_ratio_above_one": (GATE_SPACE.replace("threshold: {float: [0.0, 0.8]}", "keep_ratio: 1.2"), 9,
+                             'blocks."layer[12].*".gate.keep_ratio', "keep_ratio must be a float in (0, 1]"),
+    "unknown_hyperparameter": (GATE_SPACE.replace("threshold: {float", "treshold: {float"), 9,
+                               'blocks."layer[12].*".gate.treshold', "did you mean 'threshold'"),
+    "not_a_switch": (GATE_SPACE.split("    gate:")[0] + "    gate: 3\n", 7,
+                     'blocks."layer[12].*".gate', "expected true, false"),
+    "ungateable_block": (GATE_SPACE.replace("resnet18", "mobilenetv2_100").replace('"layer[12].*"', '"blocks.[12].*"'), 7,
+                         'blocks."blocks.[12].*".gate', "blocks.1.0 cannot take a DSA gate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GATE_ERRORS))
+def test_bad_gate_in_a_space_names_file_line_key_and_exits_2(tmp_path, case, capsys):
+    from nas_attn.cli import main
+    from nas_attn.space import SpaceError, load
+    text, line, key_path, words = GATE_ERRORS[case]
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError) as info:
+        load(path)
+    assert (info.value.file, info.value.line, info.value.key_path) == (str(path), line, key_path), str(info.value)
+    assert words in str(info.value)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}" in err and "Traceback" not in err
+
+
+def test_digits_space_with_gates_finds_trials_cheaper_than_the_baseline():
+    """Target of issue 9: on digits_resnet a space with gates yields trials whose effective MACs
+    (measured on validation images, as trials measure them) are below the baseline's."""
+    import optuna
+    from nas_attn.cost import measure
+    from nas_attn.data import load as load_data
+    from nas_attn.space import load, loads
+    import yaml
+    doc = yaml.safe_load(load("digits_resnet").to_yaml())
+    doc["blocks"]["layer[12].*"]["gate"] = {"choices": [False, True], "threshold": {"float": [0.3, 0.8]}}
+    space = loads(yaml.safe_dump(doc))
+    data = load_data("digits", image_size=space.data["image_size"], val_fraction=space.data["val_fraction"], seed=0)
+    probe = data.sample_batch(32, split="val")
+    size = space.input_size
+    baseline = measure(build_model(space.baseline()), size, data=probe).effective_macs
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    cheaper = 0
+    for _ in range(4):
+        trial = study.ask()
+        arch = space.sample(trial)
+        arch["blocks"] = {b: {**c, "attention": "none", "attention_kwargs": {}, "aw_conv": None}
+                          for b, c in arch["blocks"].items()}  # isolate the gates' effect
+        if all(c.get("gate") is None for c in arch["blocks"].values()):
+            continue
+        torch.manual_seed(0)
+        cost = measure(build_model(arch), size, data=probe)
+        assert cost.macs == pytest.approx(baseline, rel=1e-6)  # gates add no MACs
+        cheaper += cost.effective_macs < baseline
+        study.tell(trial, 0.0)
+    assert cheaper >= 1
