@@ -110,7 +110,11 @@ def _choices_text(rule) -> str:
           (True, False): " | aw_conv: yes/no"}[rule.aw_conv]
     if rule.aw_conv_params and True in rule.aw_conv:
         aw += "(" + ", ".join(f"{k}={_param_text(p)}" for k, p in rule.aw_conv_params.items()) + ")"
-    return ", ".join(parts) + aw + knobs
+    gate = {(False,): "", (True,): " + dsa_gate always", (False, True): " | dsa_gate: no/yes",
+            (True, False): " | dsa_gate: yes/no"}[rule.gate]
+    if rule.gate_params and True in rule.gate:
+        gate += "(" + ", ".join(f"{k}={_param_text(p)}" for k, p in rule.gate_params.items()) + ")"
+    return ", ".join(parts) + aw + gate + knobs
 
 
 def _param_text(p) -> str:
@@ -313,8 +317,8 @@ def module_table(feature_map=(256, 14, 14), timing: bool = True, batch_size: int
     """
     rows = []
     for name in available():
-        if name == "none":
-            continue
+        if name == "none" or name in available("gate"):
+            continue  # a gate wraps a whole block: its cost depends on the block
         if name == "aw_conv":
             conv = nn.Conv2d(feature_map[0], feature_map[0], 3, padding=1, bias=False)
             plain, aw = _module_cost(conv, feature_map), _module_cost(AWConv2d.from_conv(conv), feature_map)

@@ -89,11 +89,67 @@ def data_config(space) -> Dict[str, Any]:
     return {"input_size": tuple(space.input_size), "mean": tuple(mean), "std": tuple(std)}
 
 
-def model_card(record: Dict[str, Any], run_dir: Path, space_name: str) -> str:
+def gate_figures(model: torch.nn.Module, space, seed: int = 0, images: int = 32,
+                 repeats: int = 5) -> Optional[Dict[str, Any]]:
+    """Measured behaviour of a model's DSA gates, for its model card; None without gates.
+
+    Runs the model in eval mode on ``images`` validation images of the space's dataset:
+    ``kept`` (gate path -> fraction of pixels kept), ``mean_kept``, ``effective_macs``; and the
+    median wall time (ms, ``repeats`` runs) of one image with the sparse path on and off. If the
+    data cannot be read (a dataset that needs a root folder not present here), ``error`` says why.
+    """
+    import time
+    from .cost import measure
+    from .modules import DSAGate, set_sparse
+    if not any(isinstance(m, DSAGate) for m in model.modules()):
+        return None
+    try:
+        from .trial import get_data
+        probe = get_data(space.data, seed).sample_batch(images, split="val")
+    except Exception as exc:  # the card says what was not measured, the export goes on
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    model.eval()
+    cost = measure(model, tuple(space.input_size), data=probe)
+    kept = {k: v for k, v in cost.dsa_kept.items() if k.endswith("gate")}
+    times = {}
+    with torch.no_grad():
+        for sparse in (True, False):
+            set_sparse(model, sparse)
+            runs = []
+            for i in range(repeats + 1):
+                start = time.perf_counter()
+                model(probe[i % len(probe)].unsqueeze(0))
+                runs.append((time.perf_counter() - start) * 1000.0)
+            times[sparse] = sorted(runs[1:])[len(runs[1:]) // 2]
+    set_sparse(model, True)
+    return {"kept": kept, "mean_kept": sum(kept.values()) / len(kept), "images": len(probe),
+            "effective_macs": cost.effective_macs, "sparse_ms": times[True], "dense_ms": times[False]}
+
+
+def _gate_card(gates: Optional[Dict[str, Any]]) -> str:
+    if gates is None:
+        return ""
+    switch = ("The gated blocks compute their residual branch only at kept pixels in eval mode under "
+              "`torch.no_grad()` (the sparse path); `nas_attn.modules.set_sparse(model, False)` switches "
+              "to the dense masked computation, which gives the same output.")
+    if "error" in gates:
+        return f"\nDSA gates: kept fraction not measured at export ({gates['error']}). {switch}\n"
+    per_block = ", ".join(f"{k.rsplit('.', 1)[0]} {v:.3f}" for k, v in gates["kept"].items())
+    return (f"\nDSA gates, measured at export on {gates['images']} validation images: mean kept fraction "
+            f"{gates['mean_kept']:.3f} (per block: {per_block}); effective MACs "
+            f"{format_count(gates['effective_macs'], 'MACs')} per image; one image takes "
+            f"{gates['sparse_ms']:.2f} ms with the sparse path and {gates['dense_ms']:.2f} ms dense masked "
+            f"(speedup {gates['dense_ms'] / gates['sparse_ms']:.2f}x, median of a few runs on the export "
+            f"machine). {switch}\n")
+
+
+def model_card(record: Dict[str, Any], run_dir: Path, space_name: str,
+               gates: Optional[Dict[str, Any]] = None) -> str:
     m = record["metrics"]
     arch = record["arch"]
     rows = "\n".join(f"| {block} | {c['attention']} {json.dumps(c.get('attention_kwargs') or {})} | "
-                     f"{'yes ' + json.dumps(c['aw_conv']) if c.get('aw_conv') is not None else 'no'} |"
+                     f"{'yes ' + json.dumps(c['aw_conv']) if c.get('aw_conv') is not None else 'no'} | "
+                     f"{'yes ' + json.dumps(c['gate']) if c.get('gate') is not None else 'no'} |"
                      for block, c in arch["blocks"].items())
     return f"""# nas_attn trial {record['number']}: {arch['model']} with {arch_summary(arch)}
 
@@ -116,9 +172,9 @@ model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True)
 | epochs trained | {m.get('epoch')} |
 
 Base model `{arch['model']}` with args `{json.dumps(arch.get('model_args', {}))}`, stem `{arch.get('stem', 'default')}`.
-
-| block | attention (kwargs) | AW-conv |
-|---|---|---|
+{_gate_card(gates)}
+| block | attention (kwargs) | AW-conv | DSA gate |
+|---|---|---|---|
 {rows}
 """
 
@@ -158,7 +214,8 @@ def export(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike], *, pa
                         data_config=data_config(space))
             if not weights:
                 (folder / WEIGHTS_FILE).unlink()
-            (folder / "README.md").write_text(model_card(record, run_dir, space.name))
+            gates = gate_figures(model, space, seed=space.search.get("seed", 0)) if weights else None
+            (folder / "README.md").write_text(model_card(record, run_dir, space.name, gates))
             written.append(name)
         out.mkdir(parents=True, exist_ok=True)
         for name in written:

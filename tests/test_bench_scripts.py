@@ -93,3 +93,23 @@ def test_targets_and_bad_variant():
     assert verdicts["cpsam"].startswith("MISSED: cpsam overhead +40.0 ms")
     with pytest.raises(SystemExit):
         bench.parse_args(["--variants", "none,bogus"])
+
+
+def test_bench_sparse_smoke(tmp_path):
+    """scripts/bench_sparse.py runs on a tiny setting and writes its section, keeping others."""
+    script = ROOT / "scripts" / "bench_sparse.py"
+    out = tmp_path / "BENCH.md"
+    out.write_text("# Benchmarks\n\n## Someone else's section\n\nkeep this line\n")
+    result = subprocess.run(
+        [sys.executable, str(script), "--models", "resnet18", "--batch-sizes", "1", "--keeps", "0.5",
+         "--image-size", "32", "--rounds", "1", "--warmup", "0", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "keep this line" in text and "## DSA gate: sparse inference speed (scripts/bench_sparse.py)" in text
+    for variant in ("| dense |", "| keep 0.5 |", "| keep 1.0 (gate overhead) |", "| keep 1.0, forced sparse |"):
+        assert variant in text
+    assert "Load average" in text and "gate overhead at keep 1.0" in text
+    bad = subprocess.run([sys.executable, str(script), "--keeps", "1.5", "--no-write"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--keeps" in bad.stderr

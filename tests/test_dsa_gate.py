@@ -474,3 +474,50 @@ def test_digits_space_with_gates_finds_trials_cheaper_than_the_baseline():
         cheaper += cost.effective_macs < baseline
         study.tell(trial, 0.0)
     assert cheaper >= 1
+
+
+def test_nearly_full_masks_run_dense():
+    block, x = _block_and_input("resnet18", "layer1.0")
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.95)
+    called = []
+    block.conv1.register_forward_pre_hook(lambda m, a: called.append(1))
+    with torch.no_grad():
+        block(x)
+    assert called == [1]  # above sparse_max_kept (0.9): the dense masked path
+    block.gate.sparse_max_kept = 1.0
+    with torch.no_grad():
+        block(x)
+    assert called == [1]
+
+
+# ----------------------------------------------------------------------------- export
+
+def test_gated_model_exports_and_loads_in_plain_timm(tmp_path):
+    """The folder export() writes (save_for_hf with the Arch) rebuilds with gates through plain
+    timm.create_model('local-dir:...'); the model card states the measured kept fraction."""
+    from timm.models import save_for_hf
+    from nas_attn.arch import carried_pretrained_cfg
+    from nas_attn.export import gate_figures, model_card
+    from nas_attn.space import loads
+    space = loads(GATE_SPACE)
+    blocks = {b: {"attention": "none", "attention_kwargs": {}, "aw_conv": None, "gate": {"threshold": 0.5}}
+              for b in ("layer1.0", "layer1.1", "layer2.1")}
+    arch = _arch("resnet18", blocks, in_chans=1)
+    model = build_model(arch).eval()
+    model.pretrained_cfg = carried_pretrained_cfg(model.pretrained_cfg)
+    save_for_hf(model, str(tmp_path / "m"), model_args={"arch": arch}, safe_serialization=True)
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True).eval()
+    assert is_gated(loaded.layer1[0]) and is_gated(loaded.layer2[1]) and not is_gated(loaded.layer2[0])
+    assert loaded.layer1[0].gate.threshold == 0.5 and loaded.layer1[0].gate.sparse
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    gates = gate_figures(loaded, space, images=8, repeats=1)
+    assert set(gates["kept"]) == {"layer1.0.gate", "layer1.1.gate", "layer2.1.gate"}
+    assert 0.0 < gates["mean_kept"] <= 1.0 and gates["sparse_ms"] > 0 and gates["dense_ms"] > 0
+    record = {"number": 3, "arch": arch, "metrics": {"accuracy": 0.9, "macs": 1, "effective_macs": 1,
+                                                      "params": 1, "elementwise_ops": 1, "latency_ms": 1.0, "epoch": 1}}
+    card = model_card(record, tmp_path, "gated", gates)
+    assert f"mean kept fraction {gates['mean_kept']:.3f}" in card and "set_sparse(model, False)" in card
+    assert '| layer1.0 | none {} | no | yes {"threshold": 0.5} |' in card
+    assert gate_figures(build_model(_arch("resnet18", {}, in_chans=1)), space) is None

@@ -62,7 +62,9 @@ class DSAGate(DSA):
         threshold, reduce, prune_mode, keep_ratio, eps: as for DSA.
         sparse: in eval mode, run the gated branch on the kept pixels only (gather, compute,
             scatter). False keeps the dense masked computation everywhere. Either gives the
-            same output; ``set_sparse(model, False)`` flips every gate of a model.
+            same output; ``set_sparse(model, False)`` flips every gate of a model. A forward
+            whose mask keeps more than ``sparse_max_kept`` (default 0.9) of the pixels runs
+            dense anyway: gathering nearly every pixel costs more than it saves.
 
     Attributes:
         kept_fraction: fraction of the output grid's pixels kept in the last forward (float).
@@ -93,6 +95,7 @@ class DSAGate(DSA):
         if not isinstance(sparse, bool):
             raise ValueError(f"DSAGate: sparse must be a bool (True or False), got {sparse!r}")
         self.sparse = sparse
+        self.sparse_max_kept = 0.9
         self.last_mask: Optional[torch.Tensor] = None
         self.last_in_size: Tuple[int, int] = (0, 0)
 
@@ -247,10 +250,11 @@ class _Gated:
 
     gate: DSAGate
 
-    def _use_sparse(self) -> bool:
-        return (not self.training and self.gate.sparse and not torch.is_grad_enabled()
-                and not torch.jit.is_scripting() and not torch.jit.is_tracing()
-                and self._sparse_supported())
+    def _use_sparse(self, mask: Optional[torch.Tensor] = None) -> bool:
+        if (self.training or not self.gate.sparse or torch.is_grad_enabled()
+                or torch.jit.is_scripting() or torch.jit.is_tracing() or not self._sparse_supported()):
+            return False
+        return mask is None or int(mask.sum()) <= self.gate.sparse_max_kept * mask.numel()
 
     def _sparse_supported(self) -> bool:
         raise NotImplementedError
@@ -274,7 +278,7 @@ class GatedBasicBlock(BasicBlock, _Gated):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         mask = self.gate(x, [shortcut.shape[-2], shortcut.shape[-1]])
-        if self._use_sparse():
+        if self._use_sparse(mask):
             return self._forward_sparse(x, shortcut, mask)
         m = mask.to(x.dtype)
         h = self.act1(self.drop_block(self.bn1(self.conv1(x))))
@@ -319,7 +323,7 @@ class GatedBottleneck(Bottleneck, _Gated):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         mask = self.gate(x, [shortcut.shape[-2], shortcut.shape[-1]])
-        if self._use_sparse():
+        if self._use_sparse(mask):
             return self._forward_sparse(x, shortcut, mask)
         m = mask.to(x.dtype)
         h = self.act1(self.bn1(self.conv1(x)))
@@ -371,7 +375,7 @@ class GatedInvertedResidual(InvertedResidual, _Gated):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.gate(x, [x.shape[-2], x.shape[-1]])
-        if self._use_sparse():
+        if self._use_sparse(mask):
             return self._forward_sparse(x, mask)
         m = mask.to(x.dtype)
         h = self.aa(self.bn2(self.conv_dw(self.bn1(self.conv_pw(x)))))
