@@ -17,12 +17,67 @@ The path data takes, one module per arrow (none reaches back):
     export     results -> timm model folders (``load`` reads one back)
     plot, report   figures and REPORT.md of a results folder (they read ``results`` only)
     cli        the ``nas-attn`` command line
+
+Importing the package is cheap: torch, timm and the modules load on first use of an attribute
+(``nas_attn.Arch``, ``nas_attn.modules``...), so ``nas-attn --help`` answers without them. The
+promise that ``import nas_attn`` registers ``nas_attn_cnn`` with timm still holds: if timm is
+already imported, :mod:`nas_attn._timm_entry` registers it now; otherwise right after timm
+finishes importing (see :class:`_RegisterWhenTimmLoads`).
 """
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
 __version__ = "0.1.0"
 
-from . import modules
-from .arch import Arch, build_model, nas_attn_cnn  # importing arch registers nas_attn_cnn with timm
-from .space import SearchSpace, load as load_space
+_LAZY = {"Arch": ("arch", "Arch"), "build_model": ("arch", "build_model"),
+         "nas_attn_cnn": ("arch", "nas_attn_cnn"), "SearchSpace": ("space", "SearchSpace"),
+         "load_space": ("space", "load")}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    elif name == "modules":
+        value = importlib.import_module(f"{__name__}.modules")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+class _RegisterWhenTimmLoads(importlib.abc.MetaPathFinder):
+    """Registers ``nas_attn_cnn`` (:mod:`nas_attn._timm_entry`) as soon as timm is imported.
+
+    Python has no post-import hook (PEP 369 was withdrawn), so this finder answers for the
+    name ``timm`` only: it takes the spec the other finders give and runs our import after
+    timm's own module code. It removes itself at first use.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "timm":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("timm")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_timm = spec.loader.exec_module
+
+        def exec_module(module):
+            exec_timm(module)
+            importlib.import_module(f"{__name__}._timm_entry")
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "timm" in sys.modules:
+    from . import _timm_entry  # noqa: F401  (registers nas_attn_cnn with timm)
+elif not any(isinstance(f, _RegisterWhenTimmLoads) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenTimmLoads())
 
 
 def load(folder, **kwargs):

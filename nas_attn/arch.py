@@ -50,10 +50,10 @@ from typing import Any, Dict, Optional
 import timm
 import torch
 from torch import nn
-from timm.models import register_model
 from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 
+from ._timm_entry import nas_attn_cnn  # noqa: F401  (registered with timm there; re-exported)
 from .modules import AWConv2d, create_attn, gate_block, why_not_gateable
 
 ENTRYPOINT = "nas_attn_cnn"
@@ -357,10 +357,9 @@ def is_baseline(arch: Optional[Arch]) -> bool:
                and choice.get("gate") is None for choice in (arch.get("blocks") or {}).values())
 
 
-@register_model
-def nas_attn_cnn(pretrained: bool = False, arch: Optional[Arch] = None,
-                 pretrained_cfg: Optional[Dict[str, Any]] = None, **kwargs) -> nn.Module:
-    """timm entrypoint: ``timm.create_model("nas_attn_cnn", arch=ARCH)``.
+def create_nas_attn_cnn(pretrained: bool = False, arch: Optional[Arch] = None,
+                        pretrained_cfg: Optional[Dict[str, Any]] = None, **kwargs) -> nn.Module:
+    """What timm's entrypoint ``nas_attn_cnn`` (:mod:`nas_attn._timm_entry`) builds.
 
     With ``pretrained=True`` the weights come from ``pretrained_cfg`` (timm fills it in when
     loading ``local-dir:DIR`` written by ``nas-attn export``); nas_attn has no hub weights.

@@ -239,25 +239,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exception classes a user can fix, by module. Only modules a command has already imported
+# can have raised one, so main() never imports a module (torch, Ray) just to name its error.
+USER_ERRORS = {"space": "SpaceError", "arch": "ArchError", "data": "DataError", "export": "ExportError",
+               "plot": "PlotError", "search": "SearchError", "search._base": "SearchError"}
+
+
+def _user_errors() -> tuple:
+    found = []
+    for module, name in USER_ERRORS.items():
+        loaded = sys.modules.get(f"{__package__}.{module}")
+        if loaded is not None and isinstance(getattr(loaded, name, None), type):
+            found.append(getattr(loaded, name))
+    return tuple(found)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .arch import ArchError
-    from .space import SpaceError
-    user_errors = (SpaceError, ArchError)
-    try:
-        from .data import DataError
-        from .export import ExportError
-        from .plot import PlotError
-        from .search import SearchError
-        user_errors += (SearchError, DataError, ExportError, PlotError)
-    except ImportError:
-        pass
     try:
         return args.func(args)
-    except user_errors as exc:
-        print(f"nas-attn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -265,6 +266,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         # `nas-attn cost ... | head` closed our stdout: not an error worth a traceback.
         sys.stderr.close()
         return 0
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        print(f"nas-attn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
