@@ -143,6 +143,12 @@ def block_has_shortcut(block: nn.Module) -> bool:
     return hasattr(block, "downsample")  # timm BasicBlock / Bottleneck
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights live (models built on the meta device are traced there)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def site_shapes(model: nn.Module, input_size) -> Dict[str, Dict[str, tuple]]:
     """Per block, for one input of ``input_size`` (C, H, W): ``slot``, the (C, H, W) its
     attention slot sees, and ``conv``, the (C, H, W) input of its spatial conv.
@@ -161,7 +167,7 @@ def site_shapes(model: nn.Module, input_size) -> Dict[str, Dict[str, tuple]]:
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_size))
+            model(torch.zeros(1, *input_size, device=_device_of(model)))
     finally:
         model.train(was_training)
         for handle in handles:

@@ -6,11 +6,12 @@ All MACs are multiply-accumulates per image; "element-wise ops" follow nas_attn.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import statistics
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -23,8 +24,34 @@ from .units import format_count
 MAX_KWARG_COMBINATIONS = 16
 
 
+def _counted(build: Callable[[], nn.Module], input_size) -> Tuple[nn.Module, Any]:
+    """``(model, cost)`` of the model ``build()`` makes, built and counted on the meta device.
+
+    Counting needs shapes, not values: on the meta device a model takes no memory, no weight
+    initialisation and no arithmetic, and the counts are identical (tests/test_describe.py
+    checks it for models and every registered module). A module whose forward needs values
+    (a data-dependent branch) raises there and is counted again on the CPU.
+    """
+    try:
+        with torch.device("meta"):
+            model = build()
+        return model, measure(model, tuple(input_size))
+    except (NotImplementedError, RuntimeError):
+        model = build()
+        return model, measure(model, tuple(input_size))
+
+
 def _module_cost(module: nn.Module, shape: Tuple[int, int, int]):
     return measure(nn.Sequential(module), tuple(shape))
+
+
+@functools.lru_cache(maxsize=4096)
+def _attn_cost(name: str, kwargs: Tuple[Tuple[str, Any], ...], shape: Tuple[int, int, int]):
+    """Cost of attention module ``name`` on a (C, H, W) map (None for no module), counted
+    once per process for each module, hyperparameters and shape."""
+    if create_attn(name, shape[0], **dict(kwargs)) is None:
+        return None
+    return _counted(lambda: nn.Sequential(create_attn(name, shape[0], **dict(kwargs))), shape)[1]
 
 
 def _kwarg_combinations(params) -> List[Dict[str, Any]]:
@@ -42,20 +69,17 @@ def mac_range(space) -> Tuple[float, float, float]:
     every module at the ends of its hyperparameter ranges (at most 16 combinations) is measured
     on the feature map its block has in that structure.
     """
-    base = measure(build_model(space.baseline()), space.input_size).macs
+    base = _counted(lambda: build_model(space.baseline()), space.input_size)[1].macs
     cache: Dict[tuple, float] = {}
 
     def attn_delta(name, kwargs, shape):
-        key = ("attn", name, tuple(sorted(kwargs.items())), shape)
-        if key not in cache:
-            module = create_attn(name, shape[0], **kwargs)
-            cache[key] = 0.0 if module is None else _module_cost(module, shape).macs
-        return cache[key]
+        cost = _attn_cost(name, tuple(sorted(kwargs.items())), tuple(shape))
+        return 0.0 if cost is None else cost.macs
 
     ends = []
     for largest, pick in ((False, min), (True, max)):
-        model = build_model(space.extreme_arch(largest))
-        total = measure(model, space.input_size).macs
+        model, cost = _counted(lambda: build_model(space.extreme_arch(largest)), space.input_size)
+        total = cost.macs
         sites = attention_sites(model)
         shapes = site_shapes(model, space.input_size)
 
@@ -127,8 +151,9 @@ def _param_text(p) -> str:
 
 def describe_space(space, detail: bool = False) -> str:
     """The summary ``nas-attn validate`` prints (``detail``: every block, ``space show``)."""
-    model = build_model({"model": space.model["name"], "model_args": space.model["args"],
-                         "stem": space.model["stem"], "blocks": {}})
+    with torch.device("meta"):  # only its block shapes are read
+        model = build_model({"model": space.model["name"], "model_args": space.model["args"],
+                             "stem": space.model["stem"], "blocks": {}})
     shapes = site_shapes(model, space.input_size)
     c, h, w = space.input_size
     lines = [f"{space.name}: OK ({space.path or 'in memory'})",
@@ -188,8 +213,14 @@ def model_cost_report(model_name: str, attn: Optional[str], input_size, latency:
         from .space import SpaceError
         raise SpaceError(f"unknown timm model {model_name!r}", file="--model")
     args = {"in_chans": input_size[0]}
-    plain = build_model({"model": model_name, "model_args": args, "blocks": {}})
-    plain_cost = measure(plain, tuple(input_size))
+
+    def counted(arch):
+        if latency:  # timing needs real weights and arithmetic
+            model = build_model(arch)
+            return model, measure(model, tuple(input_size))
+        return _counted(lambda: build_model(arch), input_size)
+
+    plain, plain_cost = counted({"model": model_name, "model_args": args, "blocks": {}})
     report: Dict[str, Any] = {"model": model_name, "input": list(input_size), **_cost_keys(plain_cost)}
     if latency:
         report["latency_ms"] = measure_latency(plain, input_size, batch_size=latency_batch_size)
@@ -199,8 +230,7 @@ def model_cost_report(model_name: str, attn: Optional[str], input_size, latency:
     sites = attention_sites(plain)
     arch = {"model": model_name, "model_args": args,
             "blocks": {b: {"attention": attn, "attention_kwargs": {}, "aw_conv": None} for b in sites}}
-    model = build_model(arch)
-    cost = measure(model, tuple(input_size))
+    model, cost = counted(arch)
     baseline = {k: report[k] for k in ("params", "macs", "elementwise_ops", "latency_ms") if k in report}
     report.update({"attention": attn, **_cost_keys(cost), "baseline": baseline})
     if latency:
@@ -208,8 +238,7 @@ def model_cost_report(model_name: str, attn: Optional[str], input_size, latency:
     shapes = site_shapes(plain, input_size)
     blocks = {}
     for block, shape in shapes.items():
-        module = create_attn(attn, shape["slot"][0])
-        c = _module_cost(module, shape["slot"])
+        c = _attn_cost(attn, (), tuple(shape["slot"]))
         blocks[block] = {"feature_map": list(shape["slot"]), **_cost_keys(c)}
     report["blocks"] = blocks
     return report
