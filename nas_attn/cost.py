@@ -59,6 +59,7 @@ interpolation                                          per output element: neare
                                                        copy), linear 2, bilinear 4,
                                                        trilinear 8, bicubic 16
 dropout (training only)                                1 op per element
+index_add, scatter_add, index_reduce                   1 op per source element (accumulated)
 views, reshapes, copies, casts, cat/stack, padding,    free
 indexing, gather/scatter, allocation, fill
 =====================================================  =========================================
@@ -199,10 +200,11 @@ _FREE = _aten(
     "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d",
     "replication_pad3d", "repeat", "repeat_interleave", "tile", "roll", "flip", "im2col",
     "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
-    "_unsafe_view", "view", "reshape", "_reshape_alias", "alias", "detach", "lift_fresh",
+    "_unsafe_view", "view", "reshape", "_reshape_alias", "alias", "as_strided_", "detach", "lift_fresh",
     "lift_fresh_copy", "resize_", "set_", "zero_", "fill_", "fill",
     # indexing
-    "index", "index_select", "index_put", "index_put_", "_index_put_impl_", "gather",
+    "index", "index_select", "index_put", "index_put_", "_index_put_impl_", "index_copy",
+    "index_copy_", "gather",
     "scatter", "scatter_", "take", "masked_select", "embedding", "_local_scalar_dense",
     "slice_scatter", "select_scatter", "diagonal_scatter", "as_strided_scatter",
     "unfold", "split_with_sizes_copy", "split_copy", "unbind_copy",
@@ -237,7 +239,11 @@ _POINTWISE_EXTRA = {
     "hardswish": 1, "hardswish_": 1, "prelu": 1, "_prelu_kernel": 1, "log_sigmoid_forward": 1,
     "rrelu_with_noise": 1, "native_dropout": 1, "dropout": 1, "glu": 2,
     "addcmul": 2, "addcmul_": 2, "addcdiv": 2, "addcdiv_": 2, "lerp": 2, "lerp_": 2,
+    # integer index arithmetic (the DSA gate's sparse path): untagged, still point-wise
+    "floor_divide": 1, "floor_divide_": 1, "remainder": 1, "remainder_": 1,
 }
+# accumulating index ops: one add per source element, not per element of the (dense) output
+_INDEX_ADD = _aten("index_add", "index_add_", "scatter_add", "scatter_add_", "index_reduce", "index_reduce_")
 # ops per input element
 _REDUCTION = {
     "sum": 1, "mean": 1, "nansum": 1, "nanmean": 1, "amax": 1, "amin": 1, "max": 1, "min": 1,
@@ -360,6 +366,10 @@ def _op_cost(func, args: tuple, kwargs: dict, out) -> Optional[Tuple[int, int]]:
         return 0, _POINTWISE_EXTRA.get(name, 1) * max(out_t.numel(), 1)
     if name in _POINTWISE_EXTRA:
         return 0, _POINTWISE_EXTRA[name] * max(out_t.numel(), 1)
+
+    if name in _INDEX_ADD:
+        b = _bind(func, args, kwargs)
+        return 0, max(b.get("source", b.get("src", out_t)).numel(), 1)
 
     if name in _REDUCTION:
         x = args[0]

@@ -11,8 +11,8 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas_attn.arch import attention_sites, build_model
-from nas_attn.cost import count, measure
+from nas_attn.arch import attention_sites, build_model, gateable_blocks
+from nas_attn.cost import count
 from nas_attn.modules import CPSAM, SCA, AWConv2d, available, create_attn
 
 # Both block types of each supported family (arch.family): ResNet basic (resnet18) and bottleneck
@@ -38,12 +38,16 @@ def aw_modulation_macs(model):
 
 
 def every_module_arch(model_name):
-    """Every registry attention module in turn over the family's slots, AW-conv on every third conv."""
+    """Every registry attention module in turn over the family's slots, AW-conv on every third
+    conv, a DSA gate on every other block that can take one."""
     plain = timm.create_model(model_name, num_classes=5)
+    gateable = gateable_blocks(plain)
     blocks = {}
     for i, name in enumerate(attention_sites(plain)):
         blocks[name] = {"attention": ATTENTION[i % len(ATTENTION)], "attention_kwargs": {},
                         "aw_conv": {"mixing": "channel" if i % 2 else "element"} if i % 3 == 0 else None}
+        if gateable[name] is None and i % 2:
+            blocks[name]["gate"] = {"threshold": 0.3}
     return {"model": model_name, "model_args": {"num_classes": 5}, "blocks": blocks}
 
 
@@ -54,9 +58,12 @@ def test_family_with_every_module_matches_flop_counter(model_name):
     used = {b["attention"] for b in arch["blocks"].values()}
     # resnet18/34 have fewer slots than the registry has modules; the per-module test covers the rest
     assert len(used) == min(len(ATTENTION), len(arch["blocks"]))
-    cost = measure(model, input_size=(3, 32, 32))
+    assert any("gate" in b for b in arch["blocks"].values())
+    # One input for both counts: the gates' sparse eval path computes only the kept pixels.
+    x = torch.randn(2, 3, 32, 32)
+    cost = count(model, x)
     assert cost.uncounted_ops == ()
-    reference = flop_counter_macs(model, torch.randn(2, 3, 32, 32))
+    reference = flop_counter_macs(model, x)
     assert aw_modulation_macs(model) > 0
     assert cost.macs == reference + aw_modulation_macs(model)
 
@@ -86,16 +93,17 @@ def test_sca_macs_by_hand(k):
     assert cost.uncounted_ops == ()
 
 
-@pytest.mark.parametrize("rd_ratio, pool_size", [(1 / 8, 4), (0.5, 2)])
-def test_cpsam_macs_by_hand(rd_ratio, pool_size):
+@pytest.mark.parametrize("rd_ratio, pool_size, psa", [(1 / 8, 4, "gate"), (0.5, 2, "gate"), (1 / 8, 4, "mix")])
+def test_cpsam_macs_by_hand(rd_ratio, pool_size, psa):
     c, h, w = 16, 6, 5
     n, s2 = h * w, pool_size * pool_size
     rd = max(1, round(c * rd_ratio))
-    cost = count(CPSAM(c, rd_ratio=rd_ratio, pool_size=pool_size), torch.randn(2, c, h, w))
+    cost = count(CPSAM(c, rd_ratio=rd_ratio, pool_size=pool_size, psa=psa), torch.randn(2, c, h, w))
     csa = c * n + c * n + c * rd + rd * c    # conv_attn C->1 per pixel, context bmm, fc1, fc2
-    psa = c * c * s2 + c * c * n             # P P^T over s*s cells, then S x over every pixel
+    affinity = c * c * s2                    # P P^T over the s*s pooled cells
+    apply = c * c if psa == "gate" else c * c * n  # S p on the squeezed descriptor, or S x on every pixel
     fuse = 2 * c * n                         # grouped 2C -> C, 2 weights per output element
-    assert cost.macs == csa + psa + fuse
+    assert cost.macs == csa + affinity + apply + fuse
     assert cost.uncounted_ops == ()
 
 
