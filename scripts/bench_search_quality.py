@@ -344,6 +344,17 @@ def per_run_table(runs: List[Dict[str, Any]], labels: Dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def choose_best(runs: List[Dict[str, Any]], plain: List[str]):
+    """(best, tied, candidates): the method without early stopping with the highest mean
+    hypervolume over its runs (a tie goes to the first in ``plain``), the others tied with it,
+    and each candidate's mean hypervolume (accuracy x MACs)."""
+    candidates = {m: statistics.fmean(r["hypervolume"] for r in runs if r["method"] == m)
+                  for m in plain if m in SAMPLERS}
+    best = max(candidates, key=candidates.get)
+    tied = [m for m in candidates if m != best and candidates[m] == candidates[best]]
+    return best, tied, candidates
+
+
 def verdicts(agg: Dict[str, Dict[str, Any]], best: Optional[str]) -> List[str]:
     out = []
     hv = {m: a["hypervolume"]["mean"] for m, a in agg.items()}
@@ -503,10 +514,7 @@ def main(argv=None) -> int:
                 runs.append(run_one(space, m, seed, out / f"{m.replace('+', '_')}-seed{seed}"))
         best, tied = None, []
         if "best+es" in methods:
-            candidates = {m: statistics.fmean(r["hypervolume"] for r in runs if r["method"] == m)
-                          for m in plain if m in SAMPLERS}
-            best = max(candidates, key=candidates.get)  # a tie goes to the first in --methods
-            tied = [m for m in candidates if m != best and candidates[m] == candidates[best]]
+            best, tied, candidates = choose_best(runs, plain)
             print(f"--- best without early stopping: {best} (mean hypervolume "
                   f"{candidates[best] / 1e6:.2f} accuracy x M MACs)", flush=True)
             for seed in seeds:

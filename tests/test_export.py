@@ -1,6 +1,5 @@
 """Export: searched trials -> timm folders that plain timm loads with the trained weights."""
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -29,7 +28,8 @@ SPACE = textwrap.dedent("""\
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (loopback only) and the token are set for the whole
+    # session by conftest.py; setting os.environ here leaked into every later test.
     root = tmp_path_factory.mktemp("export")
     path = root / "space.yaml"
     path.write_text(SPACE)
@@ -46,7 +46,8 @@ LOAD_AND_EVALUATE = textwrap.dedent("""\
     folder, dataset, size, fraction, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
     model = timm.create_model("local-dir:" + folder, pretrained=True)
     again = nas_attn.load(folder)
-    same = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    a, b = model.state_dict(), again.state_dict()
+    same = list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)  # same keys, then same values
     bundle = data.load(dataset, image_size=size, val_fraction=fraction, seed=seed)
     accuracy, _ = train.evaluate(model, bundle)
     print(json.dumps({"accuracy": accuracy, "same": same, "cls": type(model).__name__}))

@@ -6,6 +6,7 @@ start-up); they use tiny trials: resnet18 at 16x16 on digits, one epoch.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -215,11 +216,16 @@ def test_resume_after_the_driver_is_killed(tiny_space_file, tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["search", "--address", "not-an-address"], "--address must be"),
-    (["search", "--address", "127.0.0.1:1"], "could not connect to the Ray cluster"),
+    (["search", "--address", "127.0.0.1:{closed_port}"], "could not connect to the Ray cluster"),
     (["search", "--space", "no_such_space"], "no shipped space of that name"),
 ])
 def test_search_errors_exit_2_with_a_clear_message(args, words, tmp_path):
-    result = run_cli(*args, "--out", str(tmp_path / "run"))
+    # A port the OS just handed out and that nobody listens on any more (not a guessed one:
+    # something may listen on port 1).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    result = run_cli(*[a.format(closed_port=closed_port) for a in args], "--out", str(tmp_path / "run"))
     assert result.returncode == 2, result.stdout + result.stderr
     assert words in result.stderr
     assert "Traceback" not in result.stderr
