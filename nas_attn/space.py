@@ -566,7 +566,7 @@ class SearchSpace:
     def baseline(self) -> Arch:
         """The base model as the space declares it (full width and depth, base expansion and
         kernels) with no attention and no AW-conv in any searched block."""
-        return self._arch(lambda d, present: {"attention": "none", "attention_kwargs": {}, "aw_conv": None},
+        return self._arch(lambda d, present: _plain_choice(d),
                           lambda st, knob, p: self._base_knob(st, knob),
                           lambda d, knob, p, present: self._base_knob(present, knob))
 
@@ -574,7 +574,7 @@ class SearchSpace:
         """No attention, every knob at its smallest (or largest) value: the cheapest (dearest)
         structure, since MACs grow with width, depth, expansion and kernel."""
         pick = max if largest else min
-        return self._arch(lambda d, present: {"attention": "none", "attention_kwargs": {}, "aw_conv": None},
+        return self._arch(lambda d, present: _plain_choice(d),
                           lambda st, knob, p: pick(_knob_values(p)),
                           lambda d, knob, p, present: pick(_knob_values(p)))
 
@@ -651,6 +651,15 @@ class SearchSpace:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.raw, sort_keys=False)
+
+
+def _plain_choice(decision: "Decision") -> Dict[str, Any]:
+    """No attention, no AW-conv, no gate: what :meth:`SearchSpace.sample` returns for a decision
+    at its baseline values (``gate`` appears only where the rule can gate, as in sample)."""
+    choice = {"attention": "none", "attention_kwargs": {}, "aw_conv": None}
+    if decision.rule.gate != (False,):
+        choice["gate"] = None
+    return choice
 
 
 def _knob_values(param: Param) -> list:

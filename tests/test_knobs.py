@@ -182,3 +182,8 @@ def test_default_space_can_trade_at_least_3x_in_macs():
     macs = [measure(build_model(space.extreme_arch(big)), space.input_size).macs for big in (False, True)]
     assert macs[1] / macs[0] >= 3.0
     assert space.data["dataset"] == "cluttered_digits" and space.search["trials"] == 12
+    # trial 0 of the default search is exactly the declared base model, gates included
+    study = optuna.create_study()
+    study.enqueue_trial(space.baseline_params())
+    assert space.sample(study.ask()) == space.baseline()
+    assert all(c["gate"] is None for c in space.baseline()["blocks"].values())
