@@ -34,6 +34,14 @@ Usage::
     python scripts/bench_modules.py                       # full run, all variants
     python scripts/bench_modules.py --variants none,se,dsa --repeats 7
     python scripts/bench_modules.py --quick --size 32 --batch-size 2 --out /tmp/b.md
+    python scripts/bench_modules.py --threads 2 --repeats 9 --aw-shapes both   # issue 11's full run
+    python scripts/bench_modules.py --no-steps --aw-shapes both   # only the per-stage tables
+
+A third table (``--cpsam-stages``, on by default) times CPSAM in both PSA forms against
+timm's Non-Local on the attention-slot shape of each resnet50 stage, with MACs per image.
+``--aw-shapes docstring|both`` adds the shapes of the AWConv2d docstring's table (with the
+depthwise convs) to the AW-conv formulation table, so the docstring's figures and the
+per-stage table's are compared in one run.
 """
 from __future__ import annotations
 
@@ -62,9 +70,15 @@ from nas_attn.modules import AWConv2d
 
 MODEL = "resnet50"
 SECTION_TITLE = "## Attention modules in resnet50 (scripts/bench_modules.py)"
-ALL_VARIANTS = ("none", "se", "eca", "cbam", "dsa", "sca", "cpsam", "aw_conv")
-# (variant, reference, comparison): the overhead of `variant` must be below / at most the reference's.
-TARGETS = (("dsa", "se", "<"), ("sca", "cbam", "<="), ("cpsam", "cbam", "<="))
+ALL_VARIANTS = ("none", "se", "eca", "cbam", "dsa", "sca", "cpsam", "cpsam_mix", "nl", "aw_conv")
+# variant -> (attention name, kwargs) where the variant is not simply an attention name
+VARIANT_ATTENTION = {"cpsam_mix": ("cpsam", {"psa": "mix"})}
+# (variant, reference, comparison, factor): the overhead of `variant` must be below / at most
+# `factor` times the reference's (issue 11's targets).
+TARGETS = (("dsa", "se", "<", 1.0), ("sca", "cbam", "<=", 1.0), ("cpsam", "cbam", "<=", 2.0))
+# AW-conv shapes of the AWConv2d docstring's table: (C, H at 224 input, depthwise)
+DOCSTRING_AW_SHAPES = ((64, 56, False), (128, 28, False), (256, 14, False), (512, 7, False),
+                       (64, 56, True), (256, 14, True), (960, 7, True))
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 # The start of --out when this script creates it (other scripts write other sections of the same file).
 FILE_HEADER = "# nas_attn benchmarks\n\nEach section gives the command that produced it.\n"
@@ -119,6 +133,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(ALL_VARIANTS)} (default: all)")
     parser.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
                         help="also time AWConv2d against the plain conv2 per stage (default: on)")
+    parser.add_argument("--aw-shapes", choices=("stages", "docstring", "both"), default="stages",
+                        help="AW-conv formulation shapes: resnet50's conv2 per stage, the AWConv2d "
+                             "docstring's table (incl. depthwise convs), or both in one run")
+    parser.add_argument("--cpsam-stages", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time CPSAM (gate and mix) against timm's Non-Local at every "
+                             "resnet50 stage shape (default: on)")
+    parser.add_argument("--no-steps", dest="steps", action="store_false",
+                        help="skip the all-blocks resnet50 train-step table")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
                         help="Markdown file whose section this script writes (default BENCHMARKS.md)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and round order")
@@ -181,11 +203,12 @@ class Timing:
 def variant_arch(variant: str, block_names: Sequence[str]) -> dict:
     """Arch with ``variant`` in every block: an attention name, ``aw_conv`` or ``none``."""
     blocks = {}
+    attention, kwargs = VARIANT_ATTENTION.get(variant, (variant, {}))
     for name in block_names:
         if variant == "aw_conv":
             blocks[name] = {"attention": "none", "attention_kwargs": {}, "aw_conv": {}}
         else:
-            blocks[name] = {"attention": variant, "attention_kwargs": {}, "aw_conv": None}
+            blocks[name] = {"attention": attention, "attention_kwargs": dict(kwargs), "aw_conv": None}
     return {"model": MODEL, "model_args": {"zero_init_last": False}, "blocks": blocks}
 
 
@@ -317,23 +340,38 @@ def conv2_inputs(model: nn.Module, size: int) -> Dict[str, tuple]:
     return shapes
 
 
+def aw_conv_cases(args) -> List[tuple]:
+    """(label, block label, conv, input shape (C, H, W)) for each AW-conv shape to time."""
+    cases = []
+    if args.aw_shapes in ("stages", "both"):
+        reference = timm.create_model(MODEL, pretrained=False)
+        sites = attention_sites(reference)
+        shapes = conv2_inputs(reference, args.size)
+        for stage in STAGES:
+            names = [name for name in sites if name.startswith(stage + ".")]
+            # the second block's conv2 has stride 1: the shape every block but the first sees
+            block = names[1] if len(names) > 1 else names[0]
+            cases.append((stage, f"{block}.conv2", getattr(sites[block].block, sites[block].conv_attr),
+                          shapes[block]))
+    if args.aw_shapes in ("docstring", "both"):
+        for c, h224, depthwise in DOCSTRING_AW_SHAPES:
+            h = max(1, round(h224 * args.size / 224))
+            conv = nn.Conv2d(c, c, 3, padding=1, groups=c if depthwise else 1, bias=False)
+            label = f"{'dw ' if depthwise else ''}{c}, {h224}x{h224} at 224"
+            cases.append((label, "AWConv2d docstring table", conv, (c, h, h)))
+    return cases
+
+
 def bench_stages(args, rng: random.Random, log) -> List[StageRow]:
-    reference = timm.create_model(MODEL, pretrained=False)
-    sites = attention_sites(reference)
-    shapes = conv2_inputs(reference, args.size)
     generator = torch.Generator().manual_seed(args.seed)
     rows = []
-    for stage in STAGES:
-        names = [name for name in sites if name.startswith(stage + ".")]
-        # the second block's conv2 has stride 1: the shape every block but the first sees
-        block = names[1] if len(names) > 1 else names[0]
-        conv = getattr(sites[block].block, sites[block].conv_attr)
+    for stage, block, conv, shape in aw_conv_cases(args):
         plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                           conv.padding, conv.dilation, conv.groups, conv.bias is not None)
         plain.load_state_dict(conv.state_dict())
         aw = AWConv2d.from_conv(plain)
         _randomise_attention(aw, generator)
-        x = torch.randn(args.batch_size, *shapes[block], generator=generator).requires_grad_(True)
+        x = torch.randn(args.batch_size, *shape, generator=generator).requires_grad_(True)
         with torch.no_grad():
             grad_out = torch.randn_like(plain(x))
         forms = aw_formulations(aw)
@@ -348,11 +386,59 @@ def bench_stages(args, rng: random.Random, log) -> List[StageRow]:
 
         steps = {"nn.Conv2d": step(plain, plain)}
         steps.update({name: step(fn, aw) for name, fn in forms.items()})
-        log(f"  {stage} ({block}.conv2, {args.batch_size} x {shapes[block]}) ...")
+        log(f"  {stage} ({block}, {args.batch_size} x {shape}) ...")
         timings = time_interleaved(steps, args.repeats, args.warmup, rng)
-        c, h, w = shapes[block]
-        rows.append(StageRow(stage, block, f"{c}->{conv.out_channels}, {h}x{w}, stride {conv.stride[0]}",
+        c, h, w = shape
+        groups = f", groups {conv.groups}" if conv.groups > 1 else ""
+        rows.append(StageRow(stage, block, f"{c}->{conv.out_channels}, {h}x{w}, stride {conv.stride[0]}{groups}",
                              timings.pop("nn.Conv2d"), timings, errors))
+    return rows
+
+
+@dataclass
+class CpsamRow:
+    stage: str
+    shape: tuple
+    macs: Dict[str, int]
+    timings: Dict[str, Timing]
+
+
+CPSAM_VS_NL = ("cpsam (gate)", "cpsam (mix)", "nl")
+
+
+def bench_cpsam_stages(args, rng: random.Random, log) -> List[CpsamRow]:
+    """CPSAM's two forms against timm's Non-Local on each resnet50 stage's attention-slot shape."""
+    from timm.layers import NonLocalAttn
+    from nas_attn.arch import site_shapes
+    from nas_attn.modules import CPSAM
+    reference = timm.create_model(MODEL, pretrained=False)
+    slots = {name: shape["slot"] for name, shape in site_shapes(reference, (3, args.size, args.size)).items()}
+    generator = torch.Generator().manual_seed(args.seed)
+    rows = []
+    for stage in STAGES:
+        names = [name for name in slots if name.startswith(stage + ".")]
+        shape = slots[names[1] if len(names) > 1 else names[0]]
+        c = shape[0]
+        modules = {"cpsam (gate)": CPSAM(c), "cpsam (mix)": CPSAM(c, psa="mix"), "nl": NonLocalAttn(c)}
+        with torch.no_grad():  # leave the identity start, so every path carries work and gradient
+            for module in modules.values():
+                for param in module.parameters():
+                    if not param.any():
+                        param.normal_(0.0, 0.02, generator=generator)
+        macs = {name: int(measure(nn.Sequential(m), shape).macs) for name, m in modules.items()}
+        x = torch.randn(args.batch_size, *shape, generator=generator).requires_grad_(True)
+        grad_out = torch.randn(args.batch_size, *shape, generator=generator)
+
+        def step(module):
+            def run():
+                module.zero_grad(set_to_none=True)
+                x.grad = None
+                module.train()(x).backward(grad_out)
+            return run
+
+        log(f"  cpsam vs nl at {stage} ({args.batch_size} x {shape}) ...")
+        timings = time_interleaved({name: step(m) for name, m in modules.items()}, args.repeats, args.warmup, rng)
+        rows.append(CpsamRow(stage, shape, macs, timings))
     return rows
 
 
@@ -383,25 +469,26 @@ def target_verdicts(rows: Dict[str, VariantRow]) -> Dict[str, str]:
     """variant -> 'MET: ...' / 'MISSED: ...' / 'not measured: ...' for each target."""
     verdicts = {}
     base = rows.get("none")
-    for variant, reference, relation in TARGETS:
+    for variant, reference, relation, factor in TARGETS:
+        times = "" if factor == 1.0 else f"{factor:g}x "
         missing = [name for name in (variant, reference, "none") if name not in rows]
         if missing:
-            verdicts[variant] = (f"not measured: {variant} overhead {relation} {reference} overhead "
+            verdicts[variant] = (f"not measured: {variant} overhead {relation} {times}{reference} overhead "
                                  f"needs the variant(s) {', '.join(missing)} in --variants")
             continue
         ours = rows[variant].timing.median - base.timing.median
-        theirs = rows[reference].timing.median - base.timing.median
+        theirs = factor * (rows[reference].timing.median - base.timing.median)
         met = ours < theirs if relation == "<" else ours <= theirs
         spread = max(rows[variant].timing.iqr, rows[reference].timing.iqr)
         note = ""
         if abs(ours - theirs) <= spread:
             note = f"; the gap is within the larger IQR ({_ms(spread)} ms)"
         ours_min = rows[variant].timing.low - base.timing.low
-        theirs_min = rows[reference].timing.low - base.timing.low
+        theirs_min = factor * (rows[reference].timing.low - base.timing.low)
         met_min = ours_min < theirs_min if relation == "<" else ours_min <= theirs_min
         verdicts[variant] = (
             f"{'MET' if met else 'MISSED'}: {variant} overhead {_signed_ms(ours)} ms "
-            f"({ours / base.timing.median:+.1%}) {relation} {reference} overhead "
+            f"({ours / base.timing.median:+.1%}) {relation} {times}{reference} overhead "
             f"{_signed_ms(theirs)} ms ({theirs / base.timing.median:+.1%}) is "
             f"{'true' if met else 'false'}{note}. On the fastest runs (minima): "
             f"{_signed_ms(ours_min)} vs {_signed_ms(theirs_min)} ms, {'met' if met_min else 'missed'}")
@@ -427,10 +514,11 @@ def variant_table(rows: Dict[str, VariantRow]) -> str:
             diff = t.median - base.timing.median
             over_ms, over_pct = _signed_ms(diff), f"{diff / base.timing.median:+.1%}"
         target = ""
-        for variant, reference, relation in TARGETS:
+        for variant, reference, relation, factor in TARGETS:
             if name == variant:
                 word = verdicts[variant].split(":")[0]
-                target = f"overhead {relation} {reference}'s: {word}"
+                times = "" if factor == 1.0 else f"{factor:g}x "
+                target = f"overhead {relation} {times}{reference}'s: {word}"
         lines.append(
             f"| {name} | {_ms(t.median)} | {_ms(t.low)} - {_ms(t.high)} | {_ms(t.iqr)} | "
             f"{_ms(t.cpu_median)} | {over_ms} | "
@@ -439,7 +527,7 @@ def variant_table(rows: Dict[str, VariantRow]) -> str:
 
 
 def stage_table(rows: List[StageRow]) -> str:
-    form_names = list(rows[0].forms)
+    form_names = list(dict.fromkeys(name for row in rows for name in row.forms))  # unfold + bmm: groups 1 only
     header = ["stage", "conv2 shape (batch folded out)", "nn.Conv2d median (ms)"]
     for name in form_names:
         header.append(f"{name} median (ms)")
@@ -449,12 +537,30 @@ def stage_table(rows: List[StageRow]) -> str:
         cells = [f"{row.stage} ({row.block}.conv2)", row.shape,
                  f"{_ms(row.conv.median)} ({_ms(row.conv.low)} - {_ms(row.conv.high)})"]
         for name in form_names:
-            t = row.forms[name]
-            cells.append(f"{_ms(t.median)} ({_ms(t.low)} - {_ms(t.high)})")
+            t = row.forms.get(name)
+            cells.append("n/a (grouped conv)" if t is None else f"{_ms(t.median)} ({_ms(t.low)} - {_ms(t.high)})")
         shipped = row.forms[form_names[0]]
         cells.append(f"{shipped.median / row.conv.median:.1f}x")
         fastest = min(row.forms, key=lambda n: row.forms[n].median)
         cells.append(f"{fastest} ({row.forms[fastest].median / row.conv.median:.1f}x)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cpsam_table(rows: List[CpsamRow]) -> str:
+    lines = ["| stage | slot shape (C x H x W) | " + " | ".join(f"{n} MACs (M/image)" for n in CPSAM_VS_NL)
+             + " | " + " | ".join(f"{n} fwd+bwd median (min - max) (ms)" for n in CPSAM_VS_NL)
+             + " | cpsam (gate) below nl in MACs and time |",
+             "|---|---|" + "---:|" * (2 * len(CPSAM_VS_NL)) + "---|"]
+    for row in rows:
+        cells = [row.stage, "x".join(map(str, row.shape))]
+        cells += [f"{row.macs[n] / 1e6:,.2f}" for n in CPSAM_VS_NL]
+        cells += [f"{_ms(row.timings[n].median)} ({_ms(row.timings[n].low)} - {_ms(row.timings[n].high)})"
+                  for n in CPSAM_VS_NL]
+        gate, nl = "cpsam (gate)", "nl"
+        met = row.macs[gate] < row.macs[nl] and row.timings[gate].median < row.timings[nl].median
+        cells.append(f"{'MET' if met else 'MISSED'} ({row.macs[gate] / row.macs[nl]:.2f}x MACs, "
+                     f"{row.timings[gate].median / row.timings[nl].median:.2f}x time)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -480,7 +586,8 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def render_section(args, argv, rows: Dict[str, VariantRow], stage_rows: List[StageRow],
-                   started: datetime.datetime, took_s: float, loads: tuple) -> str:
+                   started: datetime.datetime, took_s: float, loads: tuple,
+                   cpsam_rows: Optional[List[CpsamRow]] = None) -> str:
     out = [SECTION_TITLE, ""]
     out.append(f"Command: `{command_line(argv)}`")
     out.append("")
@@ -509,21 +616,40 @@ def render_section(args, argv, rows: Dict[str, VariantRow], stage_rows: List[Sta
         f"block's last BN, so every attention module would see zeros (and DSA keep every pixel). "
         f"DSA's pruned pixels stay in dense tensors, so no later convolution runs faster here.")
     out.append("")
-    out.append(variant_table(rows))
-    out.append("")
-    out.append("Targets (overheads from the medians):")
-    out.append("")
-    for variant, verdict in target_verdicts(rows).items():
-        out.append(f"- {verdict}")
+    if rows:
+        out.append(variant_table(rows))
+        out.append("")
+        out.append("Targets (overheads from the medians):")
+        out.append("")
+        for variant, verdict in target_verdicts(rows).items():
+            out.append(f"- {verdict}")
+    else:
+        out.append("(train-step table not run: --no-steps)")
+    if cpsam_rows:
+        out.append("")
+        out.append("### CPSAM against Non-Local per stage (scripts/bench_modules.py)")
+        out.append("")
+        out.append(
+            f"Each module alone on the attention-slot shape of each resnet50 stage's second block, "
+            f"batch {args.batch_size}, train mode, forward + backward with the input requiring "
+            f"grad, same rounds scheme ({args.repeats} timed, {args.warmup} warm-up). Parameters "
+            f"that start at zero (CPSAM's identity start, Non-Local's zero-initialised output BN) "
+            f"get small random values so every path does its work. MACs per image from "
+            f"`nas_attn.cost.measure`. `cpsam (gate)` is the default (`psa=\"gate\"`), "
+            f"`cpsam (mix)` the full-map form (`psa=\"mix\"`), `nl` timm's NonLocalAttn.")
+        out.append("")
+        out.append(cpsam_table(cpsam_rows))
     if stage_rows:
         out.append("")
-        out.append("### AW-conv per stage (scripts/bench_modules.py)")
+        out.append(f"### AW-conv per stage (scripts/bench_modules.py, --aw-shapes {args.aw_shapes})")
         out.append("")
         out.append(
             f"Forward + backward of one conv2 at batch {args.batch_size}, input requiring grad (as "
             f"inside the network), same rounds scheme ({args.repeats} timed, {args.warmup} warm-up); "
-            f"median (min - max) in ms. Each stage's second block (its conv2 has stride 1, the "
-            f"shape every block but the stage's first sees). AWConv2d's attention MLP has small "
+            f"median (min - max) in ms. Stage rows: each stage's second block (its conv2 has "
+            f"stride 1, the shape every block but the stage's first sees); \"at 224\" rows: the "
+            f"shapes of AWConv2d's docstring table (scaled with --size), dw = depthwise, timed in "
+            f"the same run so the formulations are compared side by side. AWConv2d's attention MLP has small "
             f"random last-layer weights (fresh, it is zero and A = 0). Formulations: "
             f"\"as shipped\" is `AWConv2d.forward` (per-sample kernels as a grouped conv with the "
             f"batch folded into the groups, cut into chunks of at most 4 MiB of kernels plus "
@@ -573,25 +699,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     block_names = list(attention_sites(timm.create_model(MODEL, pretrained=False)))
     models, costs = {}, {}
-    for variant in args.variants:
+    for variant in (args.variants if args.steps else []):
         model = build_model(variant_arch(variant, block_names))
         costs[variant] = measure(model, input_size=(3, args.size, args.size))
         models[variant] = model.train()
         log(f"built {variant}: {costs[variant].macs / 1e9:.3f} GMACs/image, {costs[variant].params:,} params")
 
-    generator = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(args.batch_size, 3, args.size, args.size, generator=generator)
-    num_classes = models[args.variants[0]].num_classes
-    target = torch.randint(0, num_classes, (args.batch_size,), generator=generator)
-    steps = {variant: (lambda m=model: train_step(m, x, target)) for variant, model in models.items()}
-    total = args.warmup + args.repeats
-    timings = time_interleaved(
-        steps, args.repeats, args.warmup, rng,
-        progress=lambda i, kind: log(f"round {i + 1}/{total} ({kind}) done"))
-    rows = {variant: VariantRow(variant, timings[variant], costs[variant].params, costs[variant].macs,
-                                costs[variant].elementwise_ops)
-            for variant in args.variants}
-    del models, steps
+    rows: Dict[str, VariantRow] = {}
+    if models:
+        generator = torch.Generator().manual_seed(args.seed)
+        x = torch.randn(args.batch_size, 3, args.size, args.size, generator=generator)
+        num_classes = models[args.variants[0]].num_classes
+        target = torch.randint(0, num_classes, (args.batch_size,), generator=generator)
+        steps = {variant: (lambda m=model: train_step(m, x, target)) for variant, model in models.items()}
+        total = args.warmup + args.repeats
+        timings = time_interleaved(
+            steps, args.repeats, args.warmup, rng,
+            progress=lambda i, kind: log(f"round {i + 1}/{total} ({kind}) done"))
+        rows = {variant: VariantRow(variant, timings[variant], costs[variant].params, costs[variant].macs,
+                                    costs[variant].elementwise_ops)
+                for variant in args.variants}
+        del steps
+    del models
+
+    cpsam_rows: List[CpsamRow] = []
+    if args.cpsam_stages:
+        log("CPSAM against Non-Local per stage")
+        cpsam_rows = bench_cpsam_stages(args, rng, log)
 
     stage_rows: List[StageRow] = []
     if args.stages:
@@ -599,7 +733,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stage_rows = bench_stages(args, rng, log)
 
     took = time.perf_counter() - clock
-    section = render_section(args, argv, rows, stage_rows, started, took, (load_start, os.getloadavg()))
+    section = render_section(args, argv, rows, stage_rows, started, took, (load_start, os.getloadavg()),
+                             cpsam_rows)
     write_section(args.out, section)
     print(section)
     log(f"wrote {args.out}")

@@ -121,6 +121,11 @@ class CPSAM(nn.Module):
     Parameters: 2C + 2 + C*rd + rd + 2*rd + rd*C + C (CSA) + C (gamma) + 2C (fuse), fewer than
     a Non-Local block on the same channels (tested).
 
+    Time: the affinity S is a (B, C, C) float32 tensor (16 MiB per image at C = 2048); its
+    product, softmax and their backward are memory-bound passes over it, so at resnet50's
+    deep stages CPSAM can take longer than Non-Local (whose affinity is (H*W)^2, 49^2 at 7x7)
+    even with fewer MACs. scripts/bench_modules.py times both per stage.
+
     Args:
         channels: number of input channels C.
         rd_ratio: CSA bottleneck width as a fraction of C, in (0, 1]; rd = max(1, round(C * rd_ratio)).
@@ -156,9 +161,11 @@ class CPSAM(nn.Module):
         nn.init.constant_(self.fuse.weight, 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        both = torch.stack((self.csa(x), self.psa(x)), dim=2).view(b, 2 * c, h, w)
-        return self.fuse(both)
+        # The grouped 1x1 fuse conv (2 weights per channel) is two per-channel scales and a
+        # sum; run as such, not as a conv: torch's CPU path for a conv with groups=C loops over
+        # the groups (2,051 slow-conv calls for one CPSAM at C=2048, most of its time).
+        weight = self.fuse.weight.view(1, -1, 2, 1, 1)
+        return torch.addcmul(self.csa(x) * weight[:, :, 0], self.psa(x), weight[:, :, 1])
 
     def extra_repr(self) -> str:
         return f"rd_ratio={self.rd_ratio:g}, pool_size={self.pool_size}, psa={self.psa_form}"
