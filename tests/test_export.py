@@ -125,3 +125,51 @@ def test_run_without_finished_trials_is_refused(run_dir, tmp_path):
     with pytest.raises(ExportError, match="not a nas-attn results folder"):
         export(tmp_path, tmp_path / "o", pareto=True)
     assert not (tmp_path / "o").exists()
+
+
+def test_export_of_a_trial_holding_dsa_sca_and_aw_conv(tmp_path):
+    """A results folder written by hand around one real trial (no Ray) whose arch is known to
+    hold DSA, SCA and AW-conv: the export reloads in timm with those modules and the trained weights."""
+    import shutil
+
+    import timm
+    import torch
+
+    from nas_attn import data, train
+    from nas_attn.modules import DSA, SCA, AWConv2d
+    from nas_attn.space import loads
+    from nas_attn.trial import run_trial, settings_from_space
+
+    space = loads(SPACE)
+    arch = space.baseline()
+    arch["blocks"]["layer1.0"] = {"attention": "dsa", "attention_kwargs": {"threshold": 0.5}, "aw_conv": {}}
+    arch["blocks"]["layer1.1"] = {"attention": "sca", "attention_kwargs": {"kernel_size": 3}, "aw_conv": None}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    reports = []
+
+    def report(metrics, checkpoint_dir=None):
+        reports.append(dict(metrics))
+        if checkpoint_dir is not None:  # run_trial deletes its folder after the report
+            shutil.copytree(checkpoint_dir, run_dir / "checkpoint_0000")
+
+    final = run_trial(arch, settings_from_space(space), report, gpu_ids=[])
+    assert final["status"] == "ok"
+    (run_dir / results.SPACE_FILE).write_text(space.to_yaml())
+    record = {"number": 0, "status": "ok", "arch": arch, "checkpoint": "checkpoint_0000",
+              "metrics": {k: final[k] for k in ("accuracy", "macs", "effective_macs", "params", "latency_ms", "epoch")}}
+    results.write_trials(run_dir, [record], space.objectives)
+
+    folder, = export(run_dir, tmp_path / "models", trial=0)
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert isinstance(model.layer1[0].se, DSA) and model.layer1[0].se.threshold == 0.5
+    assert isinstance(model.layer1[0].conv2, AWConv2d)
+    assert isinstance(model.layer1[1].se, SCA) and model.layer1[1].se.kernel_size == 3
+    from safetensors.torch import load_file
+    trained = load_file(str(run_dir / "checkpoint_0000" / results.WEIGHTS_FILE))
+    loaded = model.state_dict()
+    assert sorted(loaded) == sorted(trained) and all(torch.equal(loaded[k], trained[k]) for k in trained)
+    assert any("attention.fc2" in k for k in trained)  # AW-conv's MLP weights travelled too
+    bundle = data.load("digits", image_size=16, val_fraction=0.2, seed=space.search["seed"])
+    accuracy, _ = train.evaluate(model, bundle)
+    assert accuracy == pytest.approx(final["accuracy"], abs=1e-9)
