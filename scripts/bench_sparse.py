@@ -4,7 +4,8 @@
 For each model (default resnet18, resnet50, mobilenetv2_100) and batch size (default 1 and
 32) at 224x224, eval mode, ``--threads`` threads (default 2), the script builds:
 
-* ``dense``: the plain timm model;
+* ``dense``: the plain timm model, channels-last like every variant (``--nchw`` for NCHW), and
+  ``dense (NCHW)``, the same model in NCHW, to show what the format alone changes;
 * ``keep K`` for each K in ``--keeps`` (default 0.3, 0.5, 0.7): every gateable block gated
   (``nas_attn.modules.gate_block``) with ``prune_mode=keep_ratio, keep_ratio=K``, so each
   gate keeps the fraction K of its output pixels (mean kept fraction K); the sparse path on;
@@ -81,7 +82,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7, help="timed rounds (each times every variant once)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--channels-last", action="store_true", help="run every variant channels-last")
+    p.add_argument("--nchw", action="store_true",
+                   help="run every variant in NCHW instead of channels-last (the sparse path's row "
+                        "tables are views of channels-last tensors; NCHW adds a copy per block)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
                    help="Markdown file whose section this script writes (default BENCHMARKS.md)")
@@ -146,6 +149,7 @@ def bench_model(args, model_name: str, batch: int, rng: random.Random, log) -> L
     torch.manual_seed(args.seed)
     dense = timm.create_model(model_name).eval()
     x = photo_batch(batch, args.image_size, args.seed)
+    x_nchw = x
     variants = {"dense": (dense, None)}
     for keep in args.keeps:
         variants[f"keep {keep:g}"] = gated_copy(dense, model_name, prune_mode="keep_ratio", keep_ratio=keep)
@@ -155,23 +159,30 @@ def bench_model(args, model_name: str, batch: int, rng: random.Random, log) -> L
         if hasattr(m, "sparse_max_kept"):
             m.sparse_max_kept = 1.0
     variants["keep 1.0, forced sparse"] = (forced, n)
-    if args.channels_last:
+    if not args.nchw:
+        # the NCHW dense model as a second reference: the speedups are against the dense model
+        # in the same format, and this row shows how that format compares
+        nchw = timm.create_model(model_name).eval()
+        nchw.load_state_dict(dense.state_dict())
+        x_nchw = x.clone()
         x = x.contiguous(memory_format=torch.channels_last)
         for model, _ in variants.values():
             model.to(memory_format=torch.channels_last)
+        variants["dense (NCHW)"] = (nchw, None)
     rows = {}
     size = (3, args.image_size, args.image_size)
     with torch.no_grad():
         reference = dense(x)
         for name, (model, n_gated) in variants.items():
-            cost = measure(model, size, data=x)
+            cost = measure(model, size, data=x_nchw if name == "dense (NCHW)" else x)
             kept = [v for k, v in cost.dsa_kept.items() if k.endswith("gate")]
             out = model(x)
             rows[name] = {"model": model_name, "batch": batch, "variant": name, "gated_blocks": n_gated or 0,
                           "macs": cost.macs, "effective_macs": cost.effective_macs,
                           "mean_kept": statistics.mean(kept) if kept else 1.0,
                           "max_abs_diff": float((out - reference).abs().max()) if name.startswith("keep 1.0") else None}
-        steps = {name: (lambda m=model: m(x)) for name, (model, _) in variants.items()}
+        steps = {name: (lambda m=model, inp=(x_nchw if name == "dense (NCHW)" else x): m(inp))
+                 for name, (model, _) in variants.items()}
         samples = time_interleaved(steps, args.rounds, args.warmup, rng)
     dense_ms = statistics.median(samples["dense"])
     for name, row in rows.items():
@@ -189,7 +200,7 @@ def render_section(args, argv, rows: List[dict], load_before, load_after, starte
     lines = [SECTION_TITLE, "",
              f"Command: `{cmd}`. Run {started}, torch {torch.__version__}, timm {timm.__version__}, "
              f"{platform.processor() or platform.machine()}, {args.threads} threads, "
-             f"{'channels-last' if args.channels_last else 'NCHW'}, eval mode, no grad, "
+             f"{'NCHW' if args.nchw else 'channels-last (plus a dense NCHW row)'}, eval mode, no grad, "
              f"{args.image_size}x{args.image_size}, {args.rounds} rounds (median; min-max in brackets).",
              f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; "
              f"after: {', '.join(f'{v:.2f}' for v in load_after)}.", "",
