@@ -75,7 +75,7 @@ def test_bench_search_quick(tmp_path):
     stdout = _run("bench_search.py", "--quick", "--out", str(out), "--write-md", str(md))
     assert "| nas-attn search --concurrent 2 | 2 x 1 |" in stdout
     assert "| sequential Optuna loop, 1 thread | 1 x 1 |" in stdout
-    assert "Search overhead <= 3% of trial time: **" in stdout
+    assert "Search overhead <= 5% of trial time: **" in stdout
     summary = json.loads((out / "summary.json").read_text())
     ray, seq = summary["rows"]
     assert summary["quick"] and summary["trials"] == 2 and summary["epochs"] == 1

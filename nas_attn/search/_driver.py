@@ -149,6 +149,14 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
 
 def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> SearchResult:
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    # Tune adds CSV, JSON and TensorBoard loggers to every search; the results folder and
+    # --resume need none of them (trials.jsonl, the study journal and Tune's experiment state
+    # are the record), and the TensorBoard one imports tensorboardX in the driver and writes an
+    # event file per trial. _run keeps the JSON logger only: result.json is the per-epoch
+    # history (time_total_s) the search benchmark reads.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
     search = space.search
     budget, epochs = search["trials"], space.train["epochs"]
@@ -187,7 +195,7 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
                                         max_concurrent_trials=search["concurrent"], reuse_actors=True,
                                         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
             run_config=tune.RunConfig(name=RAY_FOLDER, storage_path=str(run_dir), verbose=1 if verbose else 0,
-                                      callbacks=[recorder],
+                                      callbacks=[recorder, JsonLoggerCallback()],
                                       failure_config=tune.FailureConfig(max_failures=search["max_failures"])))
     tuner.fit()
     _close_orphans(run_dir)
