@@ -101,7 +101,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="working folder (default: a new folder under /tmp)")
     parser.add_argument("--write-md", metavar="FILE", help="put the result section into this Markdown file")
     parser.add_argument("--note", default="", help="Markdown text added to the section")
+    parser.add_argument("--from-json", metavar="JSON", help="run nothing: render an earlier run's memory.json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        result["note"] = args.note or result.get("note", "")
+        emit(result, args.write_md)
+        return 0
     trials = 2 if args.quick and args.trials == 16 else args.trials
     out = Path(args.out) if args.out else Path(f"/tmp/bench_worker_memory-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):
@@ -128,12 +134,16 @@ def main(argv=None) -> int:
               "quick": args.quick, "processes": processes, "probes": probes, "note": args.note,
               "ray_load": common.format_load(ray["load"]), "seq_load": common.format_load(seq["load"])}
     (out / "memory.json").write_text(json.dumps(result, indent=1))
+    emit(result, args.write_md)
+    return 0
+
+
+def emit(result: Dict[str, Any], md_file) -> None:
     body = section_text(result)
     print("\n" + body, flush=True)
-    if args.write_md:
-        common.replace_section(Path(args.write_md), SECTION_HEADING, body)
-        print(f"\nwrote section {SECTION_HEADING!r} of {args.write_md}")
-    return 0
+    if md_file:
+        common.replace_section(Path(md_file), SECTION_HEADING, body)
+        print(f"\nwrote section {SECTION_HEADING!r} of {md_file}")
 
 
 if __name__ == "__main__":
