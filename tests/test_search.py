@@ -275,3 +275,26 @@ def test_early_stopping_prunes_hopeless_trials_and_keeps_them_off_the_front(tmp_
         assert by_number[r["number"]].state.name == "PRUNED"
     assert all(r["metrics"]["epoch"] == 3 for r in pareto)
     assert sum(r["metrics"]["epoch"] for r in records) < 6 * 3
+
+
+def test_recorder_copies_the_status_the_study_was_told(tmp_path):
+    # One status rule, computed once: the searcher tells the study, trials.jsonl copies it.
+    import optuna
+    from types import SimpleNamespace
+    from nas_attn.search._ray import recorder_class
+    study = optuna.create_study(storage=results.study_storage(tmp_path), study_name=results.STUDY_NAME,
+                                directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.set_user_attr("status", "stopped")
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    objectives = [{"metric": "accuracy", "direction": "maximize"},
+                  {"metric": "effective_macs", "direction": "minimize"}]
+    recorder = recorder_class()(str(tmp_path), budget=2, epochs=3, objectives=objectives)
+    recorder.setup()
+    last = {"status": "ok", "epoch": 3, "accuracy": 0.5, "effective_macs": 1e6}  # alone it reads "ok"
+    ray_trial = SimpleNamespace(last_result=last, config={"trial_number": 0, "arch": {"blocks": {}}},
+                                trial_id="t0", num_failures=0, checkpoint=None)
+    recorder.on_trial_complete(0, [], ray_trial)
+    (record,) = results.read_trials(tmp_path)
+    assert record["status"] == "stopped" and record["metrics"]["accuracy"] == 0.5
+    assert json.loads((tmp_path / results.PARETO_FILE).read_text()) == []

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from ..results import (PARETO_FILE, RAY_FOLDER, SPACE_FILE, STUDY_FILE, STUDY_NAME, TRIALS_FILE, open_study,
+from ..results import (PARETO_FILE, RAY_FOLDER, SPACE_FILE, STUDY_FILE, STUDY_NAME, TRIALS_FILE,
                        pareto_records, read_trials, study_storage, write_atomic)
 from ..space import SearchSpace, load
 from ..trial import settings_from_space
@@ -181,13 +181,10 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
         first = [space.baseline_params()] if space.baseline_params() else None
         define_by_run = ArchSampler(space)
         searcher = searcher_class()(
-            space=define_by_run, metric=space.objective_metrics(),
-            mode=["max" if d == "maximize" else "min" for d in space.objective_directions()],
-            sampler=make_sampler(search["sampler"], search["seed"], budget, search.get("population"),
-                                 search.get("startup_trials")), storage=storage,
-            study_name=STUDY_NAME, points_to_evaluate=first,
-            epochs=epochs, objectives=objectives, constraint_keys=sorted(space.constraints),
-            run_dir=str(run_dir), budget=budget)
+            define_by_run, sampler=make_sampler(search["sampler"], search["seed"], budget, search.get("population"),
+                                                search.get("startup_trials")), storage=storage,
+            study_name=STUDY_NAME, objectives=objectives, points_to_evaluate=first,
+            epochs=epochs, constraint_keys=sorted(space.constraints), run_dir=str(run_dir), budget=budget)
         scheduler = _make_scheduler(space)
         tuner = tune.Tuner(
             trainable,
@@ -231,8 +228,11 @@ def _close_orphans(run_dir: Path) -> None:
     trials.jsonl forever.
     """
     import optuna
-    study = open_study(run_dir)
+    storage = study_storage(run_dir)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(frozen._trial_id, "error", "lost when the search driver stopped")
-        study._storage.set_trial_state_values(frozen._trial_id, optuna.trial.TrialState.FAIL)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        storage.set_trial_user_attr(trial_id, "error", "lost when the search driver stopped")
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from typing import Any, Dict, List, Optional
 
 from ..results import read_trials, trial_status
@@ -48,7 +49,7 @@ def _measured_or_worst(value, objective: Dict[str, Any]) -> float:
 
 
 class ArchSampler:
-    """The define-by-run function given to OptunaSearch (a class: Ray pickles the searcher)."""
+    """The define-by-run function the searcher samples an Arch with (a class: Ray pickles the searcher)."""
 
     def __init__(self, space: SearchSpace):
         self.space = space
@@ -58,52 +59,65 @@ class ArchSampler:
 
 
 def searcher_class():
-    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+    from ray.tune.search import Searcher
 
-    class StudySearcher(OptunaSearch):
-        """OptunaSearch that tells Optuna what each trial really was.
+    class StudySearcher(Searcher):
+        """A Ray Tune searcher that drives an Optuna study through its public ask/tell API.
 
-        Ray's OptunaSearch tells every trial with values as COMPLETE; ours tells a trial the
-        scheduler stopped as PRUNED, a failed one as FAIL with its reason, and an infeasible
-        one as COMPLETE with a positive constraint value (so the sampler steers away from it
-        and ``best_trials`` leaves it out), and stores the Arch and status
-        as user attributes so the study alone is a full record.
+        Ray's OptunaSearch tells every trial with values as COMPLETE and keeps its study in
+        private attributes; ours tells a trial the scheduler stopped as PRUNED, a failed one as
+        FAIL with its reason, and an infeasible one as COMPLETE with a positive constraint value
+        (so the sampler steers away from it and ``best_trials`` leaves it out). The trial's
+        status (:func:`nas_attn.results.trial_status`, computed here once) and its Arch are
+        stored as user attributes: the study alone is a full record, and trials.jsonl copies
+        the status from it.
         """
 
-        def __init__(self, *args, epochs: int, objectives: List[Dict[str, Any]],
-                     constraint_keys: List[str], run_dir: str, budget: int, **kwargs):
-            super().__init__(*args, **kwargs)
+        def __init__(self, space: ArchSampler, *, sampler, storage, study_name: str,
+                     objectives: List[Dict[str, Any]], points_to_evaluate=None, epochs: int,
+                     constraint_keys: List[str], run_dir: str, budget: int):
+            super().__init__(metric=[o["metric"] for o in objectives],
+                             mode=["max" if o["direction"] == "maximize" else "min" for o in objectives])
+            self._space = space
+            self._study = optuna.create_study(storage=storage, sampler=sampler, study_name=study_name,
+                                              directions=[o["direction"] for o in objectives], load_if_exists=True)
+            for point in points_to_evaluate or []:
+                self._study.enqueue_trial(point)
             self._epochs = epochs
             self._objectives = objectives
             self._constraint_keys = constraint_keys
             self._run_dir = run_dir
             self._budget = budget
+            self._asked: Dict[str, Any] = {}  # Ray trial id -> optuna.Trial
+            self._completed = set()
 
         def suggest(self, trial_id: str):
-            if trial_id not in self._ot_trials:
+            if trial_id not in self._asked:
                 # The budget counts recorded trials, not Ray's: after a driver crash Ray's
                 # periodic snapshot may miss trials that trials.jsonl already holds.
                 recorded = {r["number"] for r in read_trials(self._run_dir)}
-                running = [t for tid, t in self._ot_trials.items()
-                           if tid not in self._completed_trials and t.number not in recorded]
+                running = [t for tid, t in self._asked.items()
+                           if tid not in self._completed and t.number not in recorded]
                 if len(recorded) + len(running) >= self._budget:
-                    return self.FINISHED
-            config = super().suggest(trial_id)
-            if config is not None:
-                ot_trial = self._ot_trials[trial_id]
-                config["trial_number"] = ot_trial.number
-                ot_trial.set_user_attr("arch", config["arch"])
-            return config
+                    return Searcher.FINISHED
+                self._asked[trial_id] = self._study.ask()
+            ot_trial = self._asked[trial_id]
+            arch = self._space(ot_trial)["arch"]
+            ot_trial.set_user_attr("arch", arch)
+            return {"arch": arch, "trial_number": ot_trial.number}
+
+        def _is_finished(self, number: int) -> bool:
+            return any(t.number == number and t.state.is_finished()
+                       for t in self._study.get_trials(deepcopy=False))
 
         def on_trial_complete(self, trial_id, result=None, error=False):
-            import optuna
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            if trial_id in self._completed or trial_id not in self._asked:
                 return
-            ot_trial = self._ot_trials[trial_id]
-            if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-                # Told before the driver died; after --resume Ray replays the trial's end.
-                self._completed_trials.add(trial_id)
-                return
+            self._completed.add(trial_id)
+            ot_trial = self._asked[trial_id]
+            if self._is_finished(ot_trial.number):
+                return  # told before the driver died; after --resume Ray replays the trial's end
             status = trial_status(result, self._epochs, errored=error)
             ot_trial.set_user_attr("status", status)
             # Ray hands searchers flattened results: {"violations/max_params": 0.2}.
@@ -126,9 +140,18 @@ def searcher_class():
             else:
                 ot_trial.set_user_attr("error", str((result or {}).get("error", "the trial raised"))[:2000])
             try:
-                self._ot_study.tell(ot_trial, values, state=state)
-            except Exception as exc:  # e.g. told already before a driver restart
+                self._study.tell(ot_trial, values, state=state, skip_if_finished=True)
+            except Exception as exc:  # a sampler or storage error must not end the search
                 logging.getLogger(__name__).warning("could not tell trial %s: %s", ot_trial.number, exc)
-            self._completed_trials.add(trial_id)
+
+        # Ray checkpoints the searcher with the experiment (for --resume): the study (its
+        # storage is the journal file), the sampler's state and the trials asked so far.
+        def save(self, checkpoint_path: str):
+            with open(checkpoint_path, "wb") as handle:
+                pickle.dump(self.__dict__, handle)
+
+        def restore(self, checkpoint_path: str):
+            with open(checkpoint_path, "rb") as handle:
+                self.__dict__.update(pickle.load(handle))
 
     return StudySearcher

@@ -9,7 +9,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from ..metrics import RECORDED, REPORTED
-from ..results import read_trials, trial_status, write_trials
+from ..results import open_study, read_trials, trial_status, write_trials
 from ..trial import run_trial
 from ._text import progress_line
 
@@ -24,10 +24,21 @@ def recorder_class():
             self.run_dir, self.budget, self.epochs = run_dir, budget, epochs
             self.objectives = objectives
             self.records: List[Dict[str, Any]] = []
+            self._study = None
+
+        def __getstate__(self):
+            return {**self.__dict__, "_study": None}  # reopened from the journal when needed
 
         def setup(self, **info):
             # On --resume this object comes back from Ray's pickle: the file is the truth.
             self.records = read_trials(self.run_dir)
+
+        def _told_status(self, number) -> Optional[str]:
+            """The status the searcher computed and told the study (Ray calls searchers first)."""
+            if self._study is None:
+                self._study = open_study(self.run_dir)
+            return next((t.user_attrs.get("status") for t in self._study.get_trials(deepcopy=False)
+                         if t.number == number), None)
 
         def _record(self, trial, errored: bool, error_text: str = ""):
             result = dict(trial.last_result or {})
@@ -35,7 +46,9 @@ def recorder_class():
             number = config.get("trial_number")
             if any(r["number"] == number for r in self.records):
                 return  # a trial rerun after a driver restart is recorded once
-            status = trial_status(result, self.epochs, errored=errored)
+            # Only a trial the searcher never saw (its snapshot and Ray's disagree after a driver
+            # crash) has no status in the study; the same rule then gives it one here.
+            status = self._told_status(number) or trial_status(result, self.epochs, errored=errored)
             metrics = {k: result[k] for k in RECORDED if k in result}
             record = {"number": number, "status": status, "arch": config.get("arch"), "metrics": metrics,
                       "ray_trial_id": trial.trial_id, "node_id": result.get("node_id"),
