@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
@@ -364,7 +364,8 @@ def is_baseline(arch: Optional[Arch]) -> bool:
 
 
 def create_nas_attn_cnn(pretrained: bool = False, arch: Optional[Arch] = None,
-                        pretrained_cfg: Optional[Dict[str, Any]] = None, **kwargs) -> nn.Module:
+                        pretrained_cfg: Optional[Dict[str, Any]] = None, plugins: Optional[List[str]] = None,
+                        **kwargs) -> nn.Module:
     """What timm's entrypoint ``nas_attn_cnn`` (:mod:`nas_attn._timm_entry`) builds.
 
     With ``pretrained=True`` the weights come from ``pretrained_cfg`` (timm fills it in when
@@ -372,6 +373,9 @@ def create_nas_attn_cnn(pretrained: bool = False, arch: Optional[Arch] = None,
     """
     if arch is None:
         raise ArchError("nas_attn_cnn needs arch=ARCH (an Arch dict, see nas_attn.arch)")
+    if plugins:  # an exported folder names the user modules its Arch uses (nas_attn.plugins)
+        from .plugins import import_plugins
+        import_plugins(plugins)
     for key in ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
         kwargs.pop(key, None)
     arch = copy.deepcopy(arch)

@@ -64,7 +64,7 @@ def cmd_search(args) -> int:
         seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         address=args.address, out=args.out, resume=args.resume, data_root=args.data_root,
         early_stopping=args.early_stopping, confirm=args.confirm, verbose=args.verbose,
-        allow_unauthenticated_cluster=args.allow_unauthenticated_cluster)
+        allow_unauthenticated_cluster=args.allow_unauthenticated_cluster, plugins=args.plugin)
     return 0
 
 
@@ -148,8 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nas-attn",
         description="Multi-objective search over attention modules in timm CNNs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every subcommand takes --plugin: the user's modules must be registered before a space,
+    # a model or a results folder that names them is read.
+    plugin = argparse.ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import this Python module first (it registers attention modules with "
+                             "nas_attn.modules.register); repeatable")
 
-    p = sub.add_parser("search", help="run a search (default: cluttered_resnet on this machine)")
+    p = sub.add_parser("search", help="run a search (default: cluttered_resnet on this machine)", parents=[plugin])
     p.add_argument("--space", default="cluttered_resnet", help="shipped space name or YAML path")
     p.add_argument("--trials", type=_positive_int, help="trial budget (overrides search.trials)")
     p.add_argument("--concurrent", type=_positive_int, help="trials at once (search.concurrent)")
@@ -175,17 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and the workers' logs")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("validate", help="check a search space and print its summary")
+    p = sub.add_parser("validate", help="check a search space and print its summary", parents=[plugin])
     p.add_argument("space", help="shipped space name or YAML path")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("space", help="inspect a search space")
     space_sub = p.add_subparsers(dest="space_command", required=True, metavar="SUBCOMMAND")
-    q = space_sub.add_parser("show", help="the model's blocks and the choices each may take")
+    q = space_sub.add_parser("show", help="the model's blocks and the choices each may take", parents=[plugin])
     q.add_argument("space", help="shipped space name or YAML path")
     q.set_defaults(func=cmd_space_show)
 
-    p = sub.add_parser("cost", help="params, MACs and element-wise ops of a timm model")
+    p = sub.add_parser("cost", help="params, MACs and element-wise ops of a timm model", parents=[plugin])
     p.add_argument("--model", required=True, help="timm model name, e.g. resnet18")
     p.add_argument("--attn", help="put this attention module in every block and show its overhead")
     p.add_argument("--input", type=_parse_input, default=(3, 224, 224), help="C x H x W, default 3x224x224")
@@ -194,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_cost)
 
-    p = sub.add_parser("modules", help="every attention module with its cost on a 256x14x14 map")
+    p = sub.add_parser("modules", help="every attention module with its cost on a 256x14x14 map", parents=[plugin])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-time", action="store_true",
                    help="skip the measured forward+backward time overhead (ms, %% of a ResNet block)")
@@ -202,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed runs per module for the time overhead (median; default 5)")
     p.set_defaults(func=cmd_modules)
 
-    p = sub.add_parser("export", help="write chosen trials as timm model folders (config.json + weights)")
+    p = sub.add_parser("export", help="write chosen trials as timm model folders (config.json + weights)", parents=[plugin])
     p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of nas-attn search")
     p.add_argument("--out", required=True, help="folder to write one sub-folder per trial into")
     choice = p.add_mutually_exclusive_group()
@@ -216,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
-        "plot", help="accuracy vs cost with the Pareto front (PNG, SVG or interactive HTML)",
+        "plot", help="accuracy vs cost with the Pareto front (PNG, SVG or interactive HTML)", parents=[plugin],
         description="Plot every finished trial of one or more results folders: cost on x, validation "
                     "accuracy on y, the Pareto front, the baseline and the hypervolume with its "
                     "reference point. --history plots hypervolume against trial number instead.")
@@ -232,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report", help="write REPORT.md (Pareto table, module counts, figures) into a results folder",
+        parents=[plugin],
         description="Write REPORT.md, pareto.png and hypervolume.png into a results folder of nas-attn search.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="results folder of nas-attn search")
     p.add_argument("--ref", type=_ref_argument, metavar="ACC,COST", help=REF_HELP)
@@ -242,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 # The exception classes a user can fix, by module. Only modules a command has already imported
 # can have raised one, so main() never imports a module (torch, Ray) just to name its error.
 USER_ERRORS = {"space": "SpaceError", "arch": "ArchError", "data": "DataError", "export": "ExportError",
-               "plot": "PlotError", "search": "SearchError", "search._base": "SearchError"}
+               "plot": "PlotError", "search": "SearchError", "search._base": "SearchError",
+               "plugins": "PluginError"}
 
 
 def _user_errors() -> tuple:
@@ -258,6 +266,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .plugins import import_plugins
+        import_plugins(getattr(args, "plugin", []))
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -209,8 +209,10 @@ def export(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike], *, pa
                 from safetensors.torch import load_file
                 model.load_state_dict(load_file(str(run_dir / checkpoint / WEIGHTS_FILE)))
             model.pretrained_cfg = carried_pretrained_cfg(model.pretrained_cfg)
-            model._model_args = {"arch": record["arch"]}
-            save_for_hf(model, str(folder), model_args={"arch": record["arch"]}, safe_serialization=True,
+            # The plugins let timm's nas_attn_cnn import the user's modules before it rebuilds the Arch.
+            model_args = {"arch": record["arch"], **({"plugins": space.plugins} if space.plugins else {})}
+            model._model_args = model_args
+            save_for_hf(model, str(folder), model_args=model_args, safe_serialization=True,
                         data_config=data_config(space))
             if not weights:
                 (folder / WEIGHTS_FILE).unlink()

@@ -47,10 +47,11 @@ from . import modules as attn_modules
 from .arch import (MOBILENETV2_MULTIPLIERS, STEMS, Arch, ArchError, attention_sites, build_model, family,
                    mobilenetv2_arch_def, stage_of)
 from .metrics import METRICS
+from .plugins import PluginError, import_plugins
 
 SAMPLERS = ("tpe", "nsga2", "random")
 OPTIMIZERS = ("sgd", "adamw")
-TOP_LEVEL_KEYS = ("name", "model", "data", "train", "objectives", "constraints", "stages", "blocks", "search")
+TOP_LEVEL_KEYS = ("name", "plugins", "model", "data", "train", "objectives", "constraints", "stages", "blocks", "search")
 STAGE_KEYS = ("width", "channels", "depth")
 #: Per-block knobs of inverted residuals (MobileNetV2): the block-string letters timm decodes.
 BLOCK_KNOBS = {"expansion": "e", "kernel": "k"}
@@ -461,6 +462,7 @@ class SearchSpace:
     search: Dict[str, Any]
     decisions: List[Decision]
     raw: Dict[str, Any] = field(repr=False, default_factory=dict)
+    plugins: List[str] = field(default_factory=list)   # modules imported before validation (nas_attn.plugins)
 
     stages: List[Stage] = field(default_factory=list)
     family: str = "resnet"
@@ -640,9 +642,11 @@ class SearchSpace:
         return None if any(r is None for r in refs) else [float(r) for r in refs]
 
     def with_overrides(self, train: Optional[dict] = None, search: Optional[dict] = None,
-                       data: Optional[dict] = None) -> "SearchSpace":
-        """A copy with some train/search/data values replaced (CLI flags), validated again."""
+                       data: Optional[dict] = None, plugins: Optional[List[str]] = None) -> "SearchSpace":
+        """A copy with some train/search/data values replaced and plugins added (CLI flags), validated again."""
         raw = copy.deepcopy(self.raw)
+        if plugins:
+            raw["plugins"] = list(dict.fromkeys(list(raw.get("plugins", [])) + list(plugins)))
         for section, values in (("train", train), ("search", search), ("data", data)):
             for key, value in (values or {}).items():
                 if value is not None:
@@ -746,6 +750,16 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
 
     name = doc.get("name", Path(file).stem if file else "space")
     check.string(name, ("name",))
+
+    # plugins: imported first, so the attention modules they register are known below
+    plugins = doc.get("plugins", []) or []
+    if not isinstance(plugins, list):
+        check.fail(("plugins",), f"expected a list of Python module names, got {_kind(plugins)}")
+    for i, plugin in enumerate(plugins):
+        try:
+            import_plugins([plugin])
+        except PluginError as exc:
+            check.fail(("plugins", i), str(exc))
 
     # model
     model = check.mapping(doc["model"], ("model",), ("name", "args", "stem", "channel_divisor"), required=("name",))
@@ -863,12 +877,13 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     if "channel_divisor" in doc["model"]:
         model["channel_divisor"] = divisor
 
-    raw = {"name": name, "model": model, "data": data, "train": train, "objectives": objectives,
+    raw = {"name": name, **({"plugins": plugins} if plugins else {}), "model": model, "data": data, "train": train, "objectives": objectives,
            "constraints": constraints, **({"stages": stages_doc} if stages_doc else {}),
            "blocks": blocks_doc, "search": search}
     space = SearchSpace(name=name, path=file, model=model, data=data, train=train, objectives=objectives,
                         constraints=constraints, search=search, decisions=decisions, raw=raw, stages=stages,
-                        family=model_family, channel_divisor=divisor, base_arch_def=base_arch_def)
+                        family=model_family, channel_divisor=divisor, base_arch_def=base_arch_def,
+                        plugins=list(plugins))
     if space.has_knobs:
         # timm's builder has the last word on what it can make: build the two extremes now,
         # so a knob value it refuses fails here, not in a trial.

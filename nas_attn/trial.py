@@ -18,6 +18,7 @@ from .data import load as load_data
 from .intervals import wilson_interval
 from .latency import measure_latency
 from .metrics import REPORTED
+from .plugins import import_plugins
 from .results import WEIGHTS_FILE
 from .train import DivergedError, select_device, train
 
@@ -29,7 +30,7 @@ def settings_from_space(space) -> Dict[str, Any]:
     """The plain, picklable part of a SearchSpace a trial needs."""
     return {"input_size": list(space.input_size), "data": dict(space.data), "train": dict(space.train),
             "constraints": dict(space.constraints), "seed": space.search["seed"],
-            "latency_batch_size": space.search["latency_batch_size"]}
+            "latency_batch_size": space.search["latency_batch_size"], "plugins": list(space.plugins)}
 
 
 def get_data(data_settings: Dict[str, Any], seed: int):
@@ -78,6 +79,8 @@ def run_trial(arch: Arch, settings: Dict[str, Any], report: Callable[..., None],
     input_size = tuple(settings["input_size"])
     seed = settings["seed"]
     try:
+        # A Ray worker is its own process: the user's modules must be registered in it too.
+        import_plugins(settings.get("plugins", ()))
         torch.manual_seed(seed)
         model = build_model(arch)
         cost = measure(model, input_size).as_dict()

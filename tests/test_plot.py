@@ -183,35 +183,68 @@ def test_several_runs_in_one_figure(run_dir, second_run, tmp_path):
     assert hvs[1] < hvs[0]  # the second run is the first one, 0.02 less accurate everywhere
 
 
-def html_data(page: str):
-    match = re.search(r'<script type="application/json" id="nas-attn-data">(.*?)</script>', page, re.S)
-    return json.loads(match.group(1))
+def html_points(figure):
+    """trial number -> (kind, x, y, hover text) of every marker in the plotly figure."""
+    points = {}
+    for trace in figure.data:
+        if trace.meta["kind"] == "staircase":
+            continue
+        for number, x, y, hover in zip(trace.customdata, trace.x, trace.y, trace.hovertext):
+            points[number] = (trace.meta["kind"], x, y, hover)
+    return points
 
 
-def test_html_embeds_every_finished_trial_with_its_arch(run_dir, tmp_path):
-    page = plot.plot_runs([run_dir], tmp_path / "front.html").read_text()
-    assert "<script src" not in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")
-    data = html_data(page)
-    (run,) = data["runs"]
-    by_number = {p["number"]: p for p in run["points"]}
-    assert sorted(by_number) == [r["number"] for r in ok_records()]
+def test_html_figure_has_every_finished_trial_with_its_arch(run_dir):
+    pytest.importorskip("plotly")
+    figure = plot.html_figure(plot._series([plot.load_run(run_dir)], "effective_macs"), "effective_macs", False)
+    points = html_points(figure)
+    assert sorted(points) == [r["number"] for r in ok_records()]
     for record in ok_records():
-        assert by_number[record["number"]]["arch"] == record["arch"]
-        assert by_number[record["number"]]["y"] == record["metrics"]["accuracy"]
-    assert sorted(n for n, p in by_number.items() if p["pareto"]) == FRONT
-    assert [n for n, p in by_number.items() if p["baseline"]] == [0]
-    assert run["hypervolume"] == pytest.approx(HAND_HV, rel=1e-12)
-    assert data["x_label"] == "effective MACs per image (DSA-pruned pixels skipped) (M)"
+        kind, x, y, hover = points[record["number"]]
+        assert y == record["metrics"]["accuracy"] and x == record["metrics"]["effective_macs"] / 1e6
+        assert f"trial {record['number']}</b>" in hover and '"attention": "' in hover
+    assert sorted(n for n, p in points.items() if p[0] == "front") == FRONT
+    assert [n for n, p in points.items() if p[0] == "baseline"] == [0]
+    assert figure.layout.xaxis.title.text == "effective MACs per image (DSA-pruned pixels skipped) (M)"
+    names = " ".join(trace.name or "" for trace in figure.data)
+    assert f"HV {HAND_HV:.4g}" in names and "1 stopped, 1 infeasible, 1 failed" in names
 
 
-def test_html_escapes_script_breaking_text(tmp_path):
+def test_html_escapes_text_from_the_arch(tmp_path):
+    pytest.importorskip("plotly")
     recs = records()
     recs[2]["arch"]["blocks"]["layer1.0"]["attention_kwargs"]["note"] = "</script><b>&"
     folder = make_run(tmp_path / "run", recs)
+    hover = html_points(plot.html_figure(plot._series([plot.load_run(folder)], "macs"), "macs", True))[2][3]
+    assert "&lt;/script&gt;&lt;b&gt;&amp;" in hover and "</script>" not in hover
     page = plot.plot_runs([folder], tmp_path / "front.html").read_text()
-    data = html_data(page)
-    point = next(p for p in data["runs"][0]["points"] if p["number"] == 2)
-    assert point["arch"]["blocks"]["layer1.0"]["attention_kwargs"]["note"] == "</script><b>&"
+    assert "<script src=" not in page  # plotly.js is inlined: the page needs no network
+    assert page.count("</script>") == page.count("<script")  # no script closed early by the data
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser check needs /usr/bin/chromium "
+                                                   "(Debian package chromium)")
+def test_html_page_draws_every_point_in_a_headless_browser(run_dir, tmp_path):
+    # Slow-ish (~5-15 s): a real Chromium runs plotly.js and the DOM it builds is read back.
+    pytest.importorskip("plotly")
+    import subprocess
+    page = plot.plot_runs([run_dir], tmp_path / "front.html")
+    profile = tmp_path / "profile"
+    result = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+         "--virtual-time-budget=20000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=180)
+    dom = result.stdout
+    assert "main-svg" in dom, result.stderr[-2000:]  # plotly drew its SVG
+    # One <path class="point"> per marker: 8 finished trials (the front, the rest, the baseline star).
+    assert len(re.findall(r'<path class="point[ "]', dom)) == len(ok_records())
+    for number in FRONT:
+        assert f">#{number}</text>" in dom  # Pareto points are labelled
+    assert "validation accuracy (top-1)" in dom and "effective MACs per image" in dom
 
 
 def test_history_png(run_dir, second_run, tmp_path):

@@ -9,8 +9,12 @@
 * :func:`create_attn`, :func:`get_attn_class`, :func:`available`: the registry over ours,
   timm's and "none". :data:`HYPERPARAMETERS` and :func:`check_kwargs` give and check the
   valid range of every hyperparameter.
+* :func:`register`: add a user's attention module (a plugin, see :mod:`nas_attn.plugins`),
+  its hyperparameters given as ``float_spec``/``int_spec``/``choice_spec``/``bool_spec``.
 """
-from ._common import TIMM_PASSTHROUGH_KWARGS, UnknownArgumentError
+from ._common import (
+    TIMM_PASSTHROUGH_KWARGS, UnknownArgumentError, bool_spec, choice_spec, float_spec, int_spec,
+)
 from .aw_conv import AWConv2d
 from .cpsam import CPSAM
 from .dsa import DSA
@@ -18,13 +22,14 @@ from .dsa_gate import (
     DSAGate, branch_fractions, gate_block, is_gated, set_sparse, why_not_gateable,
 )
 from .registry import (
-    EXCLUDED_TIMM, HYPERPARAMETERS, available, check_kwargs, create_attn, get_attn_class,
+    EXCLUDED_TIMM, HYPERPARAMETERS, available, check_kwargs, create_attn, get_attn_class, register,
 )
 from .sca import SCA
 
 __all__ = [
     "DSA", "SCA", "CPSAM", "AWConv2d",
     "DSAGate", "gate_block", "why_not_gateable", "is_gated", "set_sparse", "branch_fractions",
-    "create_attn", "available", "get_attn_class", "check_kwargs",
+    "create_attn", "available", "get_attn_class", "check_kwargs", "register",
+    "float_spec", "int_spec", "choice_spec", "bool_spec",
     "HYPERPARAMETERS", "EXCLUDED_TIMM", "TIMM_PASSTHROUGH_KWARGS", "UnknownArgumentError",
 ]

@@ -7,14 +7,15 @@ shape for any B, H, W >= 1, so it fits timm's ``attn_layer`` / ``se_layer`` slot
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from timm.layers import get_attn as _timm_get_attn
 from torch import nn
 
 from ._common import (
-    Spec, UnknownArgumentError, bool_spec, check_value, check_values, float_spec, int_spec,
-    reject_unknown,
+    Spec, UnknownArgumentError, bool_spec, check_value, check_values, choice_spec, float_spec, int_spec,
+    reject_unknown, value_ok,
 )
 from .aw_conv import AWConv2d
 from .cpsam import CPSAM
@@ -121,6 +122,76 @@ class TimmAttention:
         return f"TimmAttention({self.name!r})"
 
 
+class PluginAttention:
+    """A user's attention factory behind the registry (see :func:`register`).
+
+    Called like the others, ``factory(channels, **kwargs)``: the declared hyperparameters are
+    checked against their specs; timm's pass-through keywords (device, dtype, rd_ratio, ...)
+    the plugin does not declare are dropped, so a plain ``factory(channels, **hp)`` fits any
+    timm slot; any other keyword raises UnknownArgumentError.
+    """
+
+    def __init__(self, name: str, factory: Callable[..., nn.Module]):
+        self.name, self.factory = name, factory
+
+    def __call__(self, channels: int, **kwargs) -> nn.Module:
+        specs = HYPERPARAMETERS[self.name]
+        reject_unknown(self.name, {k: v for k, v in kwargs.items() if k not in specs}, own=specs)
+        own = {k: v for k, v in kwargs.items() if k in specs}
+        check_values(self.name, specs, own)
+        return self.factory(channels, **own)
+
+    def __repr__(self) -> str:
+        return f"PluginAttention({self.name!r}, {getattr(self.factory, '__qualname__', self.factory)!r})"
+
+
+PLUGIN_ATTENTION: Dict[str, PluginAttention] = {}
+_SPEC_TEMPLATES = {"float": float_spec(None), "int": int_spec(None), "bool": bool_spec(None),
+                   "choice": choice_spec(None, [])}
+
+
+def _full_spec(owner: str, arg: str, spec: Mapping[str, Any]) -> Spec:
+    if not isinstance(spec, Mapping) or spec.get("type") not in _SPEC_TEMPLATES or "default" not in spec:
+        raise ValueError(f"register {owner!r}: hyperparameter {arg!r} needs a spec with 'type' (one of "
+                         f"{', '.join(_SPEC_TEMPLATES)}) and 'default', as made by float_spec/int_spec/"
+                         f"choice_spec/bool_spec; got {spec!r}")
+    full = {**_SPEC_TEMPLATES[spec["type"]], **spec}
+    if full["type"] == "choice" and not full["values"]:
+        raise ValueError(f"register {owner!r}: choice hyperparameter {arg!r} lists no 'values'")
+    if not value_ok(full, full["default"]):
+        raise ValueError(f"register {owner!r}: the default of {arg!r}, {full['default']!r}, is outside its own spec")
+    return full
+
+
+def register(name: str, factory: Callable[..., nn.Module],
+             hyperparameters: Optional[Mapping[str, Spec]] = None) -> Callable[..., nn.Module]:
+    """Add a user's attention module to the registry under ``name``; returns ``factory``.
+
+    ``factory(channels, **hyperparameters)`` must return a module mapping (B, C, H, W) to the
+    same shape (a class such as ``MyAttention`` works). ``hyperparameters`` maps each keyword a
+    search may set to a spec in the format of :data:`HYPERPARAMETERS` (``float_spec(default,
+    low, high)``, ``int_spec``, ``choice_spec``, ``bool_spec`` from :mod:`nas_attn.modules`).
+    The name then works everywhere a built-in does: space files, ``create_attn``,
+    ``nas-attn modules``, cost, export. Registering a name again replaces the entry only for
+    the same factory (a re-imported module); a built-in or another factory's name is refused.
+    """
+    key = _normalise(name)
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+        raise ValueError(f"register: a module name is lower-case letters, digits and _, got {name!r}")
+    if key in OUR_ATTENTION or key in TIMM_ATTENTION or key in CONV_REPLACEMENTS or key in ("none",) \
+            or key in EXCLUDED_TIMM:
+        raise ValueError(f"register: {key!r} is a built-in name; choose another")
+    if not callable(factory):
+        raise ValueError(f"register {key!r}: factory must be callable as factory(channels, **kwargs), got {factory!r}")
+    previous = PLUGIN_ATTENTION.get(key)
+    if previous is not None and getattr(previous.factory, "__qualname__", None) != getattr(factory, "__qualname__", 0):
+        raise ValueError(f"register: {key!r} is already registered by {previous.factory!r}")
+    specs = {arg: _full_spec(key, arg, spec) for arg, spec in (hyperparameters or {}).items()}
+    HYPERPARAMETERS[key] = specs
+    PLUGIN_ATTENTION[key] = PluginAttention(key, factory)
+    return factory
+
+
 def _normalise(name) -> str:
     if not isinstance(name, str):
         raise ValueError(f"attention name must be a str, one of {', '.join(available())}, got {name!r}")
@@ -128,9 +199,9 @@ def _normalise(name) -> str:
 
 
 def available(kind: str = "all") -> List[str]:
-    """Sorted registry names. kind: "all", "attention" (activation attention and "none"), "conv"
-    (aw_conv) or "gate" (dsa_gate)."""
-    attention = set(OUR_ATTENTION) | set(TIMM_ATTENTION) | {"none"}
+    """Sorted registry names. kind: "all", "attention" (activation attention, plugins and "none"),
+    "conv" (aw_conv) or "gate" (dsa_gate)."""
+    attention = set(OUR_ATTENTION) | set(TIMM_ATTENTION) | set(PLUGIN_ATTENTION) | {"none"}
     kinds = {"all": attention | set(CONV_REPLACEMENTS) | set(GATES), "attention": attention,
              "conv": set(CONV_REPLACEMENTS), "gate": set(GATES)}
     if kind not in kinds:
@@ -154,6 +225,8 @@ def get_attn_class(name: str) -> Optional[Callable[..., nn.Module]]:
         return OUR_ATTENTION[key]
     if key in TIMM_ATTENTION:
         return TimmAttention(key)
+    if key in PLUGIN_ATTENTION:
+        return PLUGIN_ATTENTION[key]
     if key in CONV_REPLACEMENTS:
         raise ValueError(f"{key!r} replaces a convolution and has no attention slot form: build it "
                          f"with AWConv2d.from_conv(conv, **kwargs) on the conv it replaces")

@@ -7,8 +7,8 @@ run's own objectives, as in ``pareto.json``) is drawn larger, labelled with a sh
 summary and joined by a step line; the baseline (no attention, no AW-conv anywhere) is a star.
 Trials that were stopped early, broke a constraint or failed have no final accuracy: they are not
 points, their counts are in the legend. PNG and SVG come from matplotlib; HTML is one
-self-contained page (inline SVG drawn by a few lines of JavaScript, the data embedded as JSON, no
-network) whose tooltips show each trial's whole Arch.
+self-contained plotly page (plotly.js inlined, no network) whose hover boxes show each trial's
+metrics and whole Arch.
 
 ``plot_history(run_dirs, out)`` draws the hypervolume of the trials finished so far against the
 trial number.
@@ -28,7 +28,7 @@ from typing import Optional
 
 from ._figure import (DPI, FIGSIZE, FORMATS, HISTORY_FIGSIZE, PathLike, Series, _check_x, _output_format,
                       _series, default_x, x_axis_label)
-from ._html import _html_page
+from ._html import html_figure, write_html
 from ._mpl import _draw_runs, _save, plot_history
 from ._run import (PlotError, Run, count_text, hypervolume_text, ideal_box_volume, load_run, load_runs,
                    parse_ref, resolve_reference)
@@ -50,8 +50,7 @@ def plot_runs(run_dirs, out: PathLike, x: Optional[str] = None, logx: bool = Fal
     x = x or default_x(runs[0].space)
     series = _series(runs, x)
     if fmt == "html":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(_html_page(series, x, logx))
+        write_html(series, x, logx, out)
         return out
     figure = _draw_runs(series, x, logx)
     _save(figure, out, fmt)
@@ -62,4 +61,4 @@ def plot_runs(run_dirs, out: PathLike, x: Optional[str] = None, logx: bool = Fal
 
 __all__ = ["plot_runs", "plot_history", "load_run", "load_runs", "Run", "Series", "PlotError", "parse_ref",
            "resolve_reference", "default_x", "x_axis_label", "hypervolume_text", "count_text",
-           "ideal_box_volume", "FIGSIZE", "HISTORY_FIGSIZE", "DPI", "FORMATS"]
+           "ideal_box_volume", "html_figure", "FIGSIZE", "HISTORY_FIGSIZE", "DPI", "FORMATS"]

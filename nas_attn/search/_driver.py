@@ -9,10 +9,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 from ..results import (PARETO_FILE, RAY_FOLDER, SPACE_FILE, STUDY_FILE, STUDY_NAME, TRIALS_FILE,
                        pareto_records, read_trials, study_storage, write_atomic)
+from ..plugins import PluginError, import_plugins
 from ..space import SearchSpace, load
 from ..trial import settings_from_space
 from ._base import SearchError, SearchResult
@@ -64,7 +65,7 @@ def _check_data(space: SearchSpace) -> None:
 
 def apply_overrides(space: SearchSpace, *, trials=None, concurrent=None, epochs=None, sampler=None,
                     seed=None, cpus_per_trial=None, gpus_per_trial=None, data_root=None,
-                    early_stopping=None, confirm=None) -> SearchSpace:
+                    early_stopping=None, confirm=None, plugins=None) -> SearchSpace:
     """The space with CLI flags applied (None leaves a value as the space has it), re-validated."""
     es = space.search.get("early_stopping")
     if early_stopping is not None:
@@ -78,7 +79,7 @@ def apply_overrides(space: SearchSpace, *, trials=None, concurrent=None, epochs=
         train={"epochs": epochs},
         search={"trials": trials, "concurrent": concurrent, "sampler": sampler, "seed": seed,
                 "resources": resources, "early_stopping": es, "confirm": confirm},
-        data={"root": data_root})
+        data={"root": data_root}, plugins=plugins)
 
 
 def trial_resources(space: SearchSpace) -> Dict[str, float]:
@@ -97,13 +98,14 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
         out: Optional[Union[str, os.PathLike]] = None, resume: Optional[Union[str, os.PathLike]] = None,
         data_root: Optional[str] = None, early_stopping: Optional[bool] = None,
         confirm: Optional[int] = None, verbose: bool = False, num_cpus: Optional[int] = None,
-        allow_unauthenticated_cluster: bool = False) -> SearchResult:
+        allow_unauthenticated_cluster: bool = False, plugins: Optional[List[str]] = None) -> SearchResult:
     """Run (or with ``resume=DIR`` continue) a search; returns its trials and Pareto set.
 
     Keyword arguments override the space's ``search``/``train``/``data`` sections, exactly like
     the CLI flags of the same names. Ray always runs with token authentication
     (:mod:`nas_attn.cluster`); ``allow_unauthenticated_cluster`` lets ``address`` name a
-    cluster that runs without it.
+    cluster that runs without it. ``plugins`` names modules that register attention modules
+    (:mod:`nas_attn.plugins`); they join the space's ``plugins`` and are imported in every worker.
     """
     if address is None and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
         # First: before any work, and before `import ray`, which reads whether a new node may
@@ -114,6 +116,10 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
         except ClusterError as exc:
             raise SearchError(str(exc)) from None
     _check_address(address)
+    try:
+        import_plugins(plugins)  # before the space is read: it may name the modules they register
+    except PluginError as exc:
+        raise SearchError(str(exc)) from None
     if resume is not None:
         run_dir = Path(resume).resolve()
         if not (run_dir / SPACE_FILE).is_file() or not (run_dir / RAY_FOLDER).is_dir():
@@ -125,7 +131,8 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
             space = load(space)
         space = apply_overrides(space, trials=trials, concurrent=concurrent, epochs=epochs, sampler=sampler,
                                 seed=seed, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                                data_root=data_root, early_stopping=early_stopping, confirm=confirm)
+                                data_root=data_root, early_stopping=early_stopping, confirm=confirm,
+                                plugins=plugins)
         run_dir = Path(out) if out is not None else default_run_dir(space)
         run_dir = run_dir.resolve()
         if run_dir.exists() and any(run_dir.iterdir()):
