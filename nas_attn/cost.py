@@ -113,6 +113,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .modules.aw_conv import AWConv2d
+
 __all__ = ["Cost", "ModuleCost", "measure", "count", "module_cost"]
 
 
@@ -563,14 +565,6 @@ def _gate_fractions(model: nn.Module) -> Tuple[Dict[str, float], Dict[str, float
     return kept, convs
 
 
-def _aw_conv_class():
-    try:
-        from nas_attn.modules.aw_conv import AWConv2d
-    except ImportError:  # a partial install without the modules: no AW-conv to find
-        return None
-    return AWConv2d
-
-
 def _param_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
     for p in model.parameters():
         if p.is_floating_point():
@@ -617,8 +611,7 @@ def _count_forward(
     for path, m in model.named_modules():
         names.setdefault(m, path)
     pruning = {path for m, path in names.items() if _is_pruning(m)}
-    aw_cls = _aw_conv_class()
-    aw = {path: m for m, path in names.items() if aw_cls is not None and isinstance(m, aw_cls)}
+    aw = {path: m for m, path in names.items() if isinstance(m, AWConv2d)}
     counter = _OpCounter(track_lineage=bool(pruning or aw), aw_paths=aw)
     gated = dict(gated or {})
 

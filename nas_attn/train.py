@@ -12,8 +12,10 @@ Early stopping: ``on_epoch(epoch, metrics)`` is called after every epoch; return
 that returns something by accident does not stop a trial silently.
 
 Divergence: a non-finite training loss (or validation loss) raises :class:`DivergedError`
-at once, carrying the epoch, the step and the value, so a search can record the trial as
-failed with its reason.
+carrying the epoch, the exact step and the value, so a search can record the trial as failed
+with its reason. The training loss is watched on its device and read back every
+``DIVERGENCE_CHECK_STEPS`` steps and at each epoch's end (not every step: on a GPU each read
+waits for the queued work), so a diverged run stops at most that many steps later.
 
 Determinism: ``seed`` seeds Python's ``random``, numpy's global RNG and torch (all
 devices), and a dedicated CPU generator drives the shuffling and augmentation; on CPU two
@@ -211,14 +213,27 @@ def _cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _param_groups(model: nn.Module, weight_decay: float):
-    # Weight decay on biases and norm scales (1-D parameters) only shrinks them towards
-    # a degenerate network; decay conv/linear weights only (as timm does by default).
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+#: Optimizer steps between divergence checks: each check copies the loss state to the host,
+#: which on a GPU waits for every queued kernel; one per step would serialise training.
+DIVERGENCE_CHECK_STEPS = 50
+
+
+class _DivergenceWatch:
+    """Keeps, on the loss's device, the first step whose loss was not finite and that loss."""
+
+    def __init__(self, device):
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        new_bad = ~torch.isfinite(loss) & (self.first_bad == 0)
+        self.first_bad = torch.where(new_bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.value = torch.where(new_bad, loss.float(), self.value)
+
+    def check(self, epoch: int) -> None:
+        step = int(self.first_bad.item())
+        if step:
+            raise DivergedError(epoch, step, float(self.value.item()), "train")
 
 
 def train(model: nn.Module, data: DataBundle, epochs: int, batch_size: int = 64, lr: float = 0.05,
@@ -296,7 +311,10 @@ def train(model: nn.Module, data: DataBundle, epochs: int, batch_size: int = 64,
 
     total_steps = steps_per_epoch * epochs
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    groups = _param_groups(model, float(weight_decay))
+    # Weight decay on biases and norm scales (1-D parameters) only shrinks them towards a
+    # degenerate network: timm's grouping decays conv/linear weights only.
+    from timm.optim import param_groups_weight_decay
+    groups = param_groups_weight_decay(model, float(weight_decay))
     if optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
     else:
@@ -313,25 +331,28 @@ def train(model: nn.Module, data: DataBundle, epochs: int, batch_size: int = 64,
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
-        loss_sum, correct, seen = 0.0, torch.zeros((), dtype=torch.long, device=device), 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
+        watch = _DivergenceWatch(device)
         for images, labels in _batches(train_set, batch_size, shuffle=True, generator=generator,
                                        drop_last=drop_last, device=device, num_workers=num_workers,
                                        loader=loader):
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(images)
                 loss = criterion(logits.float(), labels)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise DivergedError(epoch, step + 1, loss_value, "train")
+            watch.update(loss.detach(), step + 1)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             schedule.step()
             step += 1
-            loss_sum += loss_value * len(labels)
+            if step % DIVERGENCE_CHECK_STEPS == 0:
+                watch.check(epoch)
+            loss_sum += loss.detach().double() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
+        watch.check(epoch)
         accuracy, val_loss = evaluate(model, data.val, device=device, batch_size=max(batch_size, 256),
                                       num_workers=num_workers)
         if not math.isfinite(val_loss):
@@ -342,7 +363,7 @@ def train(model: nn.Module, data: DataBundle, epochs: int, batch_size: int = 64,
             "epoch": epoch,
             "accuracy": accuracy,
             "val_loss": val_loss,
-            "train_loss": loss_sum / max(seen, 1),
+            "train_loss": loss_sum.item() / max(seen, 1),
             "train_accuracy": correct.item() / max(seen, 1),
             "lr": opt.param_groups[0]["lr"],
             "steps": step,

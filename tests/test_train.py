@@ -272,3 +272,21 @@ def test_trains_one_epoch_on_imagefolder(tmp_path):
     assert again.train_loss == result.train_loss  # DataLoader path is seeded as well
     workers = train(tiny_cnn(in_chans=3, num_classes=2), bundle, epochs=2, batch_size=4, num_workers=1)
     assert workers.epochs == 2 and math.isfinite(workers.train_loss)
+
+
+def test_training_reads_the_loss_back_rarely_not_every_step(digits8, monkeypatch):
+    # Each Tensor.item() is a device-to-host copy (a GPU sync); a step must not need one.
+    from nas_attn import train as train_mod
+    calls = []
+    original = torch.Tensor.item
+
+    def counting_item(self):
+        calls.append(1)
+        return original(self)
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    steps = len(digits8.train) // 8
+    assert steps > 2 * train_mod.DIVERGENCE_CHECK_STEPS
+    train(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10)), digits8, epochs=1, batch_size=8)
+    # One check per DIVERGENCE_CHECK_STEPS steps, the epoch-end check, the epoch's loss and accuracy,
+    # and evaluate's two: far fewer than one per step.
+    assert len(calls) <= steps // train_mod.DIVERGENCE_CHECK_STEPS + 8 < steps

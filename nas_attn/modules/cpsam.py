@@ -1,7 +1,7 @@
 """CPSAM: Channel and Position Squeeze Attention Module.
 
 Paper: Y. Gong, Z. Gu, Z. Zhang, L. Ma, "CPSAM: Channel and Position Squeeze Attention
-Module", ICONIP 2021, LNCS 13108, pp. 190-202.
+Module", ICONIP 2021, LNCS 13108, pp. 190-202, doi:10.1007/978-3-030-92185-9_16.
 """
 from __future__ import annotations
 
