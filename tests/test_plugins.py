@@ -150,7 +150,7 @@ def test_plugin_is_searched_costed_exported_and_reloaded_in_fresh_processes(plug
     assert config["model_args"]["plugins"] == ["plugpkg.my_attention"]
     reload = textwrap.dedent("""\
         import sys, timm, torch, nas_attn
-        model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True)
+        model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
         names = {type(m).__name__ for m in model.modules()}
         print(sum(p.numel() for p in model.parameters()), "GainAttention" in names,
               tuple(model(torch.zeros(1, 1, 16, 16)).shape))
