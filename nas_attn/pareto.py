@@ -80,16 +80,17 @@ def _signs(directions: Tuple[str, ...]) -> np.ndarray:
     return np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
 
 
+def _float_array(value, expected: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}; got {value!r}") from None
+
+
 def _as_points(points, directions: Tuple[str, ...], name: str = "points") -> np.ndarray:
     """Return ``points`` as a finite float array (n, m) in minimise-everything form."""
     n_objectives = len(directions)
-    try:
-        array = np.asarray(points, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a sequence of numeric vectors of length {n_objectives}; "
-            f"got {points!r}"
-        ) from None
+    array = _float_array(points, f"{name} must be a sequence of numeric vectors of length {n_objectives}")
     if array.size == 0:
         return np.zeros((0, n_objectives))
     if array.ndim != 2 or array.shape[1] != n_objectives:
@@ -105,12 +106,7 @@ def _as_points(points, directions: Tuple[str, ...], name: str = "points") -> np.
 
 def _as_vector(vector, directions: Tuple[str, ...], name: str) -> np.ndarray:
     n_objectives = len(directions)
-    try:
-        array = np.asarray(vector, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a numeric vector of length {n_objectives}; got {vector!r}"
-        ) from None
+    array = _float_array(vector, f"{name} must be a numeric vector of length {n_objectives}")
     if array.shape != (n_objectives,):
         raise ValueError(
             f"{name} must have length {n_objectives} to match the directions; "

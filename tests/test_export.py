@@ -9,30 +9,14 @@ import pytest
 from nas_attn import results, search
 from nas_attn.export import ExportError, export, select
 
-SPACE = textwrap.dedent("""\
-    name: export_digits
-    model: {name: resnet18, args: {num_classes: 10, in_chans: 1}}
-    data: {dataset: digits, image_size: 16, val_fraction: 0.2}
-    train: {epochs: 1, batch_size: 64, lr: 0.05}
-    objectives:
-      - {metric: accuracy, direction: maximize, ref: 0.0}
-      - {metric: effective_macs, direction: minimize, ref: 2.0e7}
-    blocks:
-      "layer1.*":
-        attention:
-          choices: [none, dsa, sca]
-        aw_conv: {choices: [false, true]}
-    search: {trials: 3, concurrent: 2, sampler: random, seed: 2}
-    """)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_space):
     # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (loopback only) and the token are set for the whole
     # session by conftest.py; setting os.environ here leaked into every later test.
     root = tmp_path_factory.mktemp("export")
     path = root / "space.yaml"
-    path.write_text(SPACE)
+    path.write_text(tiny_space(name="export_digits", attention="{choices: [none, dsa, sca]}",
+                               aw_conv="{choices: [false, true]}", constraints=None, trials=3, seed=2))
     result = search.run(str(path), out=str(root / "run"), num_cpus=2)
     assert all(r["status"] == "ok" for r in result.trials)
     return result.run_dir
@@ -127,7 +111,7 @@ def test_run_without_finished_trials_is_refused(run_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_export_of_a_trial_holding_dsa_sca_and_aw_conv(tmp_path):
+def test_export_of_a_trial_holding_dsa_sca_and_aw_conv(tmp_path, tiny_space):
     """A results folder written by hand around one real trial (no Ray) whose arch is known to
     hold DSA, SCA and AW-conv: the export reloads in timm with those modules and the trained weights."""
     import shutil
@@ -140,7 +124,8 @@ def test_export_of_a_trial_holding_dsa_sca_and_aw_conv(tmp_path):
     from nas_attn.space import loads
     from nas_attn.trial import run_trial, settings_from_space
 
-    space = loads(SPACE)
+    space = loads(tiny_space(name="export_digits", attention="{choices: [none, dsa, sca]}",
+                             aw_conv="{choices: [false, true]}", constraints=None, trials=3, seed=2))
     arch = space.baseline()
     arch["blocks"]["layer1.0"] = {"attention": "dsa", "attention_kwargs": {"threshold": 0.5}, "aw_conv": {}}
     arch["blocks"]["layer1.1"] = {"attention": "sca", "attention_kwargs": {"kernel_size": 3}, "aw_conv": None}

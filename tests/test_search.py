@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -19,32 +18,25 @@ import pytest
 from nas_attn import results, search
 from nas_attn.space import load, loads
 
-TINY = textwrap.dedent("""\
-    name: tiny_digits
-    model: {name: resnet18, args: {num_classes: 10, in_chans: 1}}
-    data: {dataset: digits, image_size: 16, val_fraction: 0.2}
-    train: {epochs: 1, batch_size: 64, lr: 0.05}
-    objectives:
-      - {metric: accuracy, direction: maximize, ref: 0.0}
-      - {metric: effective_macs, direction: minimize, ref: 2.0e7}
-    constraints: {max_params: 11176000}
-    blocks:
-      "layer1.*":
-        attention:
-          choices: [none, se, dsa]
-          dsa: {threshold: {float: [0.0, 0.8]}}
-    search: {trials: 5, concurrent: 2, sampler: random, seed: 1, resources: {cpu: 1, gpu: 0}}
-    """)
 # resnet18 (1 input channel, 10 classes) has 11,175,370 parameters; an SE in a 64-channel block
 # adds 2 x (64 x 8 + 8) + ... > 630, so any trial with SE breaks max_params.
 BASELINE_PARAMS = 11175370
-UNCONSTRAINED = TINY.replace("constraints: {max_params: 11176000}\n", "")
 
 
 @pytest.fixture
-def tiny_space_file(tmp_path):
+def tiny_yaml(tiny_space):
+    return tiny_space()
+
+
+@pytest.fixture
+def unconstrained_yaml(tiny_space):
+    return tiny_space(constraints=None)
+
+
+@pytest.fixture
+def tiny_space_file(tmp_path, tiny_yaml):
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
+    path.write_text(tiny_yaml)
     return path
 
 
@@ -119,8 +111,8 @@ def test_search_end_to_end(tiny_space_file, tmp_path, capsys):
     assert not list(out.glob("**/.*.tmp")), "no half-written files are left"
 
 
-def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
-    space = loads(UNCONSTRAINED.replace("lr: 0.05", "lr: 1.0e+12").replace("trials: 5", "trials: 3"))
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, unconstrained_yaml):
+    space = loads(unconstrained_yaml.replace("lr: 0.05", "lr: 1.0e+12").replace("trials: 5", "trials: 3"))
     out = tmp_path / "run"
     result = search.run(space, out=str(out), num_cpus=2)
     assert [r["status"] for r in result.trials] == ["failed"] * 3
@@ -131,14 +123,14 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
     assert all("diverged" in t.user_attrs["error"] for t in study.trials)
 
 
-def test_search_on_a_two_node_loopback_cluster(tiny_space_file, tmp_path):
+def test_search_on_a_two_node_loopback_cluster(tiny_space_file, tmp_path, unconstrained_yaml):
     from ray.cluster_utils import Cluster
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out = tmp_path / "run"
-        search.run(loads(UNCONSTRAINED), out=str(out), address=cluster.address, trials=4)
+        search.run(loads(unconstrained_yaml), out=str(out), address=cluster.address, trials=4)
         records, _, _ = check_files_agree(out, 4)
         assert all(r["status"] == "ok" for r in records)
         assert len({r["node_id"] for r in records}) == 2
@@ -146,14 +138,14 @@ def test_search_on_a_two_node_loopback_cluster(tiny_space_file, tmp_path):
         cluster.shutdown()
 
 
-def test_a_node_lost_mid_search_is_retried_and_the_budget_completes(tiny_space_file, tmp_path):
+def test_a_node_lost_mid_search_is_retried_and_the_budget_completes(tiny_space_file, tmp_path, unconstrained_yaml):
     from ray.cluster_utils import Cluster
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out = tmp_path / "run"
-        space = loads(UNCONSTRAINED.replace("epochs: 1", "epochs: 3"))
+        space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 3"))
 
         def kill_worker_node():
             # Trial folders appear before trials are placed; the first epoch report means both
@@ -181,10 +173,10 @@ def run_cli(*args, **kwargs):
                           timeout=600, **kwargs)
 
 
-def test_resume_after_the_driver_is_killed(tiny_space_file, tmp_path):
+def test_resume_after_the_driver_is_killed(tiny_space_file, tmp_path, tiny_yaml):
     out = tmp_path / "run"
     space = tmp_path / "slow.yaml"
-    space.write_text(TINY.replace("epochs: 1", "epochs: 2").replace("concurrent: 2", "concurrent: 1")
+    space.write_text(tiny_yaml.replace("epochs: 1", "epochs: 2").replace("concurrent: 2", "concurrent: 1")
                      .replace("trials: 5", "trials: 6"))
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     driver = subprocess.Popen([sys.executable, "-m", "nas_attn.cli", "search", "--space", str(space),
@@ -231,9 +223,9 @@ def test_search_errors_exit_2_with_a_clear_message(args, words, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_missing_data_folder_is_named(tmp_path):
+def test_missing_data_folder_is_named(tmp_path, tiny_yaml):
     path = tmp_path / "cifar.yaml"
-    path.write_text(TINY.replace("dataset: digits", f"dataset: cifar10, root: {tmp_path / 'nowhere'}")
+    path.write_text(tiny_yaml.replace("dataset: digits", f"dataset: cifar10, root: {tmp_path / 'nowhere'}")
                     .replace("in_chans: 1", "in_chans: 3"))
     result = run_cli("search", "--space", str(path), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
@@ -259,9 +251,9 @@ def test_flags_override_the_space_and_resources_follow(tiny_space_file):
     assert search.trial_resources(load(str(tiny_space_file))) == {"cpu": 1, "gpu": 0}
 
 
-def test_early_stopping_prunes_hopeless_trials_and_keeps_them_off_the_front(tmp_path):
+def test_early_stopping_prunes_hopeless_trials_and_keeps_them_off_the_front(tmp_path, unconstrained_yaml):
     # Sequential trials (concurrent 1) make the rung decisions deterministic for a seed.
-    space = loads(UNCONSTRAINED.replace("epochs: 1", "epochs: 3").replace("trials: 5", "trials: 6")
+    space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 3").replace("trials: 5", "trials: 6")
                   .replace("concurrent: 2", "concurrent: 1")
                   .replace("seed: 1,", "seed: 1, early_stopping: {grace_epochs: 1, reduction_factor: 2},"))
     out = tmp_path / "run"

@@ -9,13 +9,10 @@ from nas_attn.metrics import REPORTED as REPORTED_METRICS
 from nas_attn.intervals import wilson_interval
 from nas_attn.trial import constraint_violations, run_trial, settings_from_space
 
-SPACE = """\
-model: {name: resnet18, args: {num_classes: 10, in_chans: 1}}
-data: {dataset: digits, image_size: 16}
-train: {epochs: 2, batch_size: 64, lr: 0.05}
-blocks:
-  "layer1.*": {attention: {choices: [none, dsa]}}
-"""
+
+@pytest.fixture
+def space_yaml(tiny_space):
+    return tiny_space(epochs=2, attention="{choices: [none, dsa]}", constraints=None)
 
 
 def collect():
@@ -32,8 +29,8 @@ def dsa_arch(space):
     return arch
 
 
-def test_a_trial_reports_every_epoch_and_saves_weights_at_the_end():
-    space = loads(SPACE)
+def test_a_trial_reports_every_epoch_and_saves_weights_at_the_end(space_yaml):
+    space = loads(space_yaml)
     rows, report = collect()
     final = run_trial(dsa_arch(space), settings_from_space(space), report, gpu_ids=[])
     assert [r["epoch"] for r, _ in rows] == [1, 2]
@@ -49,8 +46,8 @@ def test_a_trial_reports_every_epoch_and_saves_weights_at_the_end():
     assert final == rows[-1][0]
 
 
-def test_constraints_make_a_trial_infeasible_before_training():
-    space = loads(SPACE + "constraints: {max_macs: 1000}\n")
+def test_constraints_make_a_trial_infeasible_before_training(tiny_space):
+    space = loads(tiny_space(epochs=2, attention="{choices: [none, dsa]}", constraints="{max_macs: 1000}"))
     rows, report = collect()
     final = run_trial(space.baseline(), settings_from_space(space), report, gpu_ids=[])
     assert len(rows) == 1 and final["status"] == "infeasible" and final["epoch"] == 0
@@ -64,8 +61,8 @@ def test_constraint_violations_are_relative_excess():
     assert constraint_violations(cost, {}) == {}
 
 
-def test_a_broken_arch_is_reported_failed_not_raised():
-    space = loads(SPACE)
+def test_a_broken_arch_is_reported_failed_not_raised(space_yaml):
+    space = loads(space_yaml)
     arch = space.baseline()
     arch["blocks"]["layer9.0"] = {"attention": "se"}
     rows, report = collect()
@@ -75,8 +72,8 @@ def test_a_broken_arch_is_reported_failed_not_raised():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA: here the GPU would be used")
-def test_gpus_assigned_without_cuda_fail_the_trial_clearly():
-    space = loads(SPACE)
+def test_gpus_assigned_without_cuda_fail_the_trial_clearly(space_yaml):
+    space = loads(space_yaml)
     rows, report = collect()
     final = run_trial(space.baseline(), settings_from_space(space), report, gpu_ids=[0])
     assert final["status"] == "failed" and "CUDA" in final["error"]
