@@ -5,6 +5,7 @@ The path data takes, one module per arrow (none reaches back):
     space      search_spaces/*.yaml -> SearchSpace (load, validate, sample an Arch)
     arch       Arch (a plain dict) -> timm model; registers timm's ``nas_attn_cnn``
     modules    the attention modules (DSA, SCA, CPSAM, AWConv2d) and the registry beside timm's
+    plugins    imports user modules that add attention modules (``modules.register``)
     cost       params, MACs, element-wise ops, effective MACs;  latency: measured forward time
     data       digits (embedded), CIFAR-10/100 and ImageFolder from local folders
     metrics    each metric's name, direction, unit and labels;  units: SI-prefixed numbers
