@@ -189,8 +189,13 @@ def _apply_stem(model: nn.Module, stem: str) -> None:
         old = model.conv1
         model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
+        # feature_info (what features_only reports) counted the 2x stride of the old stem
+        # conv, and another 2x of its max-pool for everything after it.
+        model.feature_info = [dict(info, reduction=info["reduction"] // (2 if info["module"] == "act1" else 4))
+                              for info in model.feature_info]
     else:
         model.conv_stem.stride = (1, 1)
+        model.feature_info = [dict(info, reduction=info["reduction"] // 2) for info in model.feature_info]
 
 
 def _check_arch(arch: Any) -> Arch:
@@ -363,6 +368,10 @@ def is_baseline(arch: Optional[Arch]) -> bool:
                and choice.get("gate") is None for choice in (arch.get("blocks") or {}).values())
 
 
+# create_model keywords that ask for a feature backbone: timm's builder consumes them, the Arch never sees them.
+_FEATURE_KWARGS = ("features_only", "out_indices", "feature_cls", "feature_cfg")
+
+
 def create_nas_attn_cnn(pretrained: bool = False, arch: Optional[Arch] = None,
                         pretrained_cfg: Optional[Dict[str, Any]] = None, plugins: Optional[List[str]] = None,
                         **kwargs) -> nn.Module:
@@ -370,31 +379,37 @@ def create_nas_attn_cnn(pretrained: bool = False, arch: Optional[Arch] = None,
 
     With ``pretrained=True`` the weights come from ``pretrained_cfg`` (timm fills it in when
     loading ``local-dir:DIR`` written by ``nas-attn export``); nas_attn has no hub weights.
+    ``features_only=True`` (with ``out_indices``, ``feature_cls``) returns timm's feature
+    wrapper around the built model, as for any timm model: a ``FeatureListNet`` whose
+    ``feature_info`` gives each output's channels and reduction (input pixels per output pixel).
     """
+    from timm.models import build_model_with_cfg
     if arch is None:
         raise ArchError("nas_attn_cnn needs arch=ARCH (an Arch dict, see nas_attn.arch)")
     if plugins:  # an exported folder names the user modules its Arch uses (nas_attn.plugins)
         from .plugins import import_plugins
         import_plugins(plugins)
-    for key in ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args"):
-        kwargs.pop(key, None)
-    arch = copy.deepcopy(arch)
-    model = build_model(arch, **kwargs)
-    base_cfg = dict(model.pretrained_cfg)
-    cfg = carried_pretrained_cfg(base_cfg)
+    builder_kwargs = {k: kwargs.pop(k) for k in ("pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
+                      if k in kwargs}
+    feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    model = build_model(copy.deepcopy(arch), **{k: v for k, v in kwargs.items() if k not in _FEATURE_KWARGS})
+    cfg = carried_pretrained_cfg(dict(model.pretrained_cfg))
     if pretrained:
         if not pretrained_cfg:
             raise ArchError("nas_attn_cnn has no published weights: load an exported folder with "
                             "timm.create_model('local-dir:DIR', pretrained=True)")
         given = pretrained_cfg.to_dict() if hasattr(pretrained_cfg, "to_dict") else dict(pretrained_cfg)
-        from timm.models import load_pretrained
-        load_pretrained(model, pretrained_cfg=given, num_classes=model.num_classes,
-                        in_chans=given.get("input_size", (model_in_chans(model),))[0])
-        cfg.update({k: v for k, v in given.items() if k not in ("file", "source")})
+        cfg.update(given)
         cfg["architecture"] = ENTRYPOINT
-    model.pretrained_cfg = cfg
-    model.default_cfg = cfg
-    return model
+    if family(model) == "efficientnet":
+        # EfficientNet's feature_info names stages inside the blocks Sequential (blocks.2).
+        feature_cfg.setdefault("flatten_sequential", True)
+    # The Arch has already built the model. timm's builder then does for it what it does for
+    # every timm model: cfg and traits, loading the weights (dropping the classifier for a
+    # backbone), the feature wrapper. It would also fill num_classes/in_chans from the cfg,
+    # which must not override the Arch's, hence a builder that ignores its arguments.
+    return build_model_with_cfg(lambda **_: model, ENTRYPOINT, pretrained, pretrained_cfg=cfg,
+                                feature_cfg=feature_cfg, **builder_kwargs, **kwargs)
 
 
 def model_in_chans(model: nn.Module) -> int:

@@ -107,10 +107,11 @@ def cmd_modules(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export
+    formats = ("timm", "onnx") if args.format == "onnx" else ("timm",)
     written = export(args.run_dir, args.out, pareto=args.pareto, trial=args.trial, best=args.best,
-                     max_macs=args.max_macs, weights=not args.no_weights, force=args.force)
+                     max_macs=args.max_macs, weights=not args.no_weights, force=args.force, formats=formats)
     for folder in written:
-        print(f"wrote {folder}")
+        print(f"wrote {folder}" + (f" and {folder}.onnx" if "onnx" in formats else ""))
     print(f"load with: import nas_attn, timm; timm.create_model('local-dir:{written[0]}', pretrained=True)"
           if written else "nothing written")
     return 0
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the most accurate finished trial with at most X MACs per image")
     p.add_argument("--no-weights", action="store_true", help="configs only, no trained weights")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--format", choices=("timm", "onnx"), default="timm",
+                   help="onnx: also write trial-NNNN.onnx (batch 1, the search's input size) beside "
+                        "each timm folder; needs pip install 'nas_attn[onnx]'")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

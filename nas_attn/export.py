@@ -3,7 +3,8 @@
 Each exported folder is written by timm's own ``save_for_hf``: ``config.json`` names the
 architecture ``nas_attn_cnn`` and holds the Arch in ``model_args``; ``model.safetensors`` holds
 the trial's trained weights. After ``import nas_attn`` (which registers ``nas_attn_cnn`` with
-timm), plain ``timm.create_model("local-dir:DIR", pretrained=True)`` rebuilds it.
+timm), plain ``timm.create_model("local-dir:DIR", pretrained=True)`` rebuilds it, also as a feature
+backbone (``features_only=True``). ``--format onnx`` adds ``trial-NNNN.onnx`` beside each folder.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -23,8 +24,61 @@ from .results import (SPACE_FILE, WEIGHTS_FILE, ResultsError, check_folder, fini
 from .units import format_count
 
 
+FORMATS = ("timm", "onnx")
+
+
 class ExportError(ValueError):
     """Nothing sensible to export (no choice, unknown trial, no finished trials, folder in the way)."""
+
+
+def write_model_folder(model: torch.nn.Module, arch: Dict[str, Any], folder: Union[str, os.PathLike],
+                       data_config: Optional[Dict[str, Any]] = None, plugins: Optional[List[str]] = None) -> Path:
+    """Write ``model`` (built from ``arch``, any weights) as a timm folder that ``local-dir:`` loads.
+
+    ``config.json`` names ``nas_attn_cnn`` with the Arch (and the ``plugins`` modules it needs,
+    if any) as its model args; ``model.safetensors`` holds the weights; ``data_config``
+    (input_size, mean, std) goes into the pretrained cfg.
+    """
+    from timm.models import save_for_hf
+    model.pretrained_cfg = carried_pretrained_cfg(model.pretrained_cfg)
+    model_args = {"arch": arch, **({"plugins": list(plugins)} if plugins else {})}
+    model._model_args = model_args
+    save_for_hf(model, str(folder), model_args=model_args, safe_serialization=True, data_config=data_config)
+    return Path(folder)
+
+
+def write_onnx(model: Union[torch.nn.Module, "torch.export.ExportedProgram"], path: Union[str, os.PathLike],
+               input_size: Sequence[int], batch_size: int = 1) -> Path:
+    """Write ``model`` in eval mode as an ONNX file for inputs of shape (batch_size, *input_size).
+
+    Uses the exporter torch recommends (``torch.onnx.export(..., dynamo=True)``, through
+    ``torch.export``), which needs the ``onnx`` extra (onnx, onnxscript). ``model`` may also be
+    the ``torch.export`` program of an eval-mode model for that input, which saves tracing it
+    again. Shapes are fixed: AW-conv folds the batch into its convolution's groups, and
+    adaptive pooling becomes fixed slices (``nas_attn.modules._pool``), both from the example
+    input's shape. The graph's input is named ``input``, its output ``output``.
+    """
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; a clear error beats its ImportError)
+    except ImportError as err:
+        raise ExportError("ONNX export needs the onnx extra: pip install 'nas_attn[onnx]' "
+                          f"(onnx and onnxscript; {err})") from err
+    import warnings
+    is_module = isinstance(model, torch.nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
+    try:
+        example = torch.zeros(batch_size, *input_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's progress notes are not the user's problem
+            program = torch.onnx.export(model, (example,), dynamo=True, verbose=False,
+                                        input_names=["input"], output_names=["output"])
+        program.save(str(path))
+    finally:
+        if was_training:
+            model.train()
+    return Path(path)
 
 
 def load(folder: Union[str, os.PathLike], **kwargs) -> torch.nn.Module:
@@ -144,9 +198,17 @@ def _gate_card(gates: Optional[Dict[str, Any]]) -> str:
 
 
 def model_card(record: Dict[str, Any], run_dir: Path, space_name: str,
-               gates: Optional[Dict[str, Any]] = None) -> str:
+               gates: Optional[Dict[str, Any]] = None,
+               feature_info: Optional[List[Dict[str, Any]]] = None) -> str:
+    """The exported folder's README.md. ``gates``: :func:`gate_figures`; ``feature_info``: the
+    model's (timm's list of dicts), which the backbone example reports."""
     m = record["metrics"]
     arch = record["arch"]
+    feature_info = feature_info if feature_info is not None else build_model(arch).feature_info
+    all_indices = tuple(range(len(feature_info)))
+    out_indices = all_indices[1:] if len(all_indices) > 1 else all_indices
+    channels = [info["num_chs"] for info in feature_info]
+    reductions = [info["reduction"] for info in feature_info]
     rows = "\n".join(f"| {block} | {c['attention']} {json.dumps(c.get('attention_kwargs') or {})} | "
                      f"{'yes ' + json.dumps(c['aw_conv']) if c.get('aw_conv') is not None else 'no'} | "
                      f"{'yes ' + json.dumps(c['gate']) if c.get('gate') is not None else 'no'} |"
@@ -160,6 +222,15 @@ Load it:
 import nas_attn, timm
 model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True)
 ```
+
+As a feature backbone (detection, segmentation), with the trained weights:
+```python
+backbone = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True,
+                             features_only=True, out_indices={out_indices})
+features = backbone(images)   # one (B, C, H / reduction, W / reduction) map per index
+```
+Feature maps (indices {all_indices}): channels {channels}, reductions {reductions} (input pixels per
+feature-map pixel, per side).
 
 | figure | value |
 |---|---|
@@ -181,13 +252,19 @@ Base model `{arch['model']}` with args `{json.dumps(arch.get('model_args', {}))}
 
 def export(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike], *, pareto: bool = False,
            trial: Optional[int] = None, best: Optional[str] = None, max_macs: Optional[float] = None,
-           weights: bool = True, force: bool = False) -> List[Path]:
+           weights: bool = True, force: bool = False, formats: Sequence[str] = ("timm",)) -> List[Path]:
     """Write one timm folder per chosen trial into ``out``; returns the folders.
 
-    Everything is checked and written into a temporary folder first, then moved into place,
-    so an error leaves ``out`` as it was.
+    ``formats`` containing ``"onnx"`` also writes ``trial-NNNN.onnx`` beside each folder (batch
+    1, the search's input size; see :func:`write_onnx`). Everything is checked and written into
+    a temporary folder first, then moved into place, so an error leaves ``out`` as it was.
     """
-    from timm.models import save_for_hf
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown export format {unknown[0]!r}; formats: {', '.join(FORMATS)}")
+    onnx = "onnx" in formats
+    if onnx and not weights:
+        raise ExportError("an ONNX file holds the weights: --format onnx cannot go with --no-weights")
     run_dir = Path(run_dir).resolve()
     out = Path(out)
     records = select(run_dir, pareto=pareto, trial=trial, best=best, max_macs=max_macs)
@@ -208,16 +285,14 @@ def export(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike], *, pa
                                       f"(checkpoint {checkpoint!r}); use --no-weights to export its config only")
                 from safetensors.torch import load_file
                 model.load_state_dict(load_file(str(run_dir / checkpoint / WEIGHTS_FILE)))
-            model.pretrained_cfg = carried_pretrained_cfg(model.pretrained_cfg)
             # The plugins let timm's nas_attn_cnn import the user's modules before it rebuilds the Arch.
-            model_args = {"arch": record["arch"], **({"plugins": space.plugins} if space.plugins else {})}
-            model._model_args = model_args
-            save_for_hf(model, str(folder), model_args=model_args, safe_serialization=True,
-                        data_config=data_config(space))
+            write_model_folder(model, record["arch"], folder, data_config(space), plugins=space.plugins)
             if not weights:
                 (folder / WEIGHTS_FILE).unlink()
             gates = gate_figures(model, space, seed=space.search.get("seed", 0)) if weights else None
-            (folder / "README.md").write_text(model_card(record, run_dir, space.name, gates))
+            (folder / "README.md").write_text(model_card(record, run_dir, space.name, gates, model.feature_info))
+            if onnx:
+                write_onnx(model, staging / f"{name}.onnx", space.input_size)
             written.append(name)
         out.mkdir(parents=True, exist_ok=True)
         for name in written:
@@ -225,6 +300,8 @@ def export(run_dir: Union[str, os.PathLike], out: Union[str, os.PathLike], *, pa
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging / name, target)
+            if onnx:
+                os.replace(staging / f"{name}.onnx", out / f"{name}.onnx")
         return [out / name for name in written]
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -158,3 +158,28 @@ def test_export_of_a_trial_holding_dsa_sca_and_aw_conv(tmp_path, tiny_space):
     bundle = data.load("digits", image_size=16, val_fraction=0.2, seed=space.search["seed"])
     accuracy, _ = train.evaluate(model, bundle)
     assert accuracy == pytest.approx(final["accuracy"], abs=1e-9)
+
+
+def test_cli_export_onnx_beside_the_folder_matches_the_timm_model(run_dir, tmp_path, capsys):
+    pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra (onnx, onnxscript)")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="checking the ONNX file needs onnxruntime")
+    import timm
+    import torch
+    from nas_attn import cli
+    assert cli.main(["export", str(run_dir), "--out", str(tmp_path / "m"), "--trial", "0", "--format", "onnx"]) == 0
+    folder = tmp_path / "m" / "trial-0000"
+    assert f"wrote {folder} and {folder}.onnx" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["trial-0000", "trial-0000.onnx"]
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))  # batch 1, the space's input size
+    session = onnxruntime.InferenceSession(str(tmp_path / "m" / "trial-0000.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-4)
+    backbone = timm.create_model(f"local-dir:{folder}", pretrained=True, features_only=True)
+    card = (folder / "README.md").read_text()
+    assert "features_only=True" in card
+    assert f"channels {backbone.feature_info.channels()}, reductions {backbone.feature_info.reduction()}" in card
+    assert cli.main(["export", str(run_dir), "--out", str(tmp_path / "n"), "--trial", "0", "--format", "onnx",
+                     "--no-weights"]) == 2
+    assert "cannot go with --no-weights" in capsys.readouterr().err and not (tmp_path / "n").exists()

@@ -129,6 +129,13 @@ def reject_unknown(owner: str, kwargs: Mapping[str, Any], own: Iterable[str] = (
             f"keywords accepted and ignored: {', '.join(sorted(TIMM_PASSTHROUGH_KWARGS))}")
 
 
+def exporting() -> bool:
+    """True while torch.export or an ONNX exporter traces the caller; False in eager and TorchScript."""
+    if torch.jit.is_scripting():
+        return False
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 class BatchNorm2dAnySize(nn.BatchNorm2d):
     """BatchNorm2d that also runs in training mode on a single value per channel.
 
@@ -141,4 +148,12 @@ class BatchNorm2dAnySize(nn.BatchNorm2d):
         if self.training and x.numel() // x.shape[1] <= 1:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
-        return super().forward(x)
+        # nn.BatchNorm2d's own rule, written out: TorchScript cannot compile super().forward.
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        batch_stats = self.training or self.running_mean is None
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            batch_stats, momentum, self.eps)

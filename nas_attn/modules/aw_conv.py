@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import check_values, choice_spec, int_spec, reject_unknown
+from ._pool import adaptive_avg_pool2d
 
 
 class _ModulateKernel(torch.autograd.Function):
@@ -91,7 +92,7 @@ class ChannelWeightAttention(nn.Module):
 
     def forward(self, a0: torch.Tensor) -> torch.Tensor:
         b, _, kh, kw = a0.shape
-        return self.fc2(F.relu(self.fc1(a0))).view(b, *self.weight_shape, kh, kw)
+        return self.fc2(F.relu(self.fc1(a0))).view(b, self.weight_shape[0], self.weight_shape[1], kh, kw)
 
 
 class AWConv2d(nn.Module):
@@ -160,6 +161,7 @@ class AWConv2d(nn.Module):
         "mixing": choice_spec("element", ("element", "channel"), doc="attention MLP form"),
     }
     cpu_chunk_bytes = 4 << 20
+    __constants__ = ["cpu_chunk_bytes"]  # TorchScript sees instance attributes only, or constants
 
     def __init__(
             self,
@@ -241,7 +243,7 @@ class AWConv2d(nn.Module):
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Attention A for input x: (B, C_out, C_in/groups, kh, kw), dimensionless (W' = K (1 + A))."""
-        return self.attention(F.adaptive_avg_pool2d(x, self.kernel_size))
+        return self.attention(adaptive_avg_pool2d(x, self.kernel_size))
 
     def _samples_per_chunk(self, x: torch.Tensor) -> int:
         if x.device.type != "cpu":
@@ -252,23 +254,29 @@ class AWConv2d(nn.Module):
         return max(1, self.cpu_chunk_bytes // per_sample)
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int):
-        padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
-        return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, groups)
+            return F.conv2d(x, weight, bias, self.stride, (0, 0), self.dilation, groups)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+    def _modulate(self, attn: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript has no custom autograd Functions: autograd's backward
+            return torch.addcmul(self.weight, attn, self.weight)
+        return _ModulateKernel.apply(self.weight, attn)
 
     def _forward_chunk(self, x: torch.Tensor) -> torch.Tensor:
-        n, c_in = x.shape[:2]
-        kernels = _ModulateKernel.apply(self.weight, self.attention_weights(x))  # (n, C_out, C_in/g, kh, kw)
+        n, c_in, h, w = x.shape
+        kernels = self._modulate(self.attention_weights(x))  # (n, C_out, C_in/g, kh, kw)
         bias = None if self.bias is None else self.bias.repeat(n)
-        out = self._conv(x.reshape(1, n * c_in, *x.shape[2:]), kernels.reshape(-1, *kernels.shape[2:]),
-                         bias, self.groups * n)
-        return out.view(n, self.out_channels, *out.shape[2:])
+        out = self._conv(x.reshape(1, n * c_in, h, w), kernels.flatten(0, 1), bias, self.groups * n)
+        return out.view(n, self.out_channels, out.shape[-2], out.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
-            return self.forward(x.unsqueeze(0)).squeeze(0)
+            return self._forward_batch(x.unsqueeze(0)).squeeze(0)
+        return self._forward_batch(x)
+
+    def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 0:  # no samples, no attention: the static conv gives the right empty shape
             return self._conv(x, self.weight, self.bias, self.groups)
         chunks = x.split(self._samples_per_chunk(x))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import check_values, choice_spec, float_spec, int_spec, reject_unknown
+from ._pool import adaptive_avg_pool2d, adaptive_max_pool2d
 
 PSA_FORMS = ("gate", "mix")
 
@@ -72,7 +73,7 @@ class PositionSqueezeAttention(nn.Module):
         """(S, P): S (B, C, C) float32 softmax affinity, P (B, C, s*s) float32 pooled maps."""
         b, c = x.shape[:2]
         s = self.pool_size
-        pooled = (F.adaptive_avg_pool2d(x, s) + F.adaptive_max_pool2d(x, s)).view(b, c, s * s).float()
+        pooled = (adaptive_avg_pool2d(x, (s, s)) + adaptive_max_pool2d(x, (s, s))).view(b, c, s * s).float()
         return F.softmax(torch.bmm(pooled, pooled.transpose(1, 2)), dim=-1), pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

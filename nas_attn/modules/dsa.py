@@ -3,15 +3,13 @@
 Paper: H. Wei, Z. Wang, G. Hua, Y. Zhao, "Double Spatial Attention for Convolution Neural
 Networks", ICBDA 2022, pp. 149-153, doi:10.1109/ICBDA55095.2022.9760356.
 """
-from __future__ import annotations
-
 import math
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ._common import bool_spec, check_values, choice_spec, float_spec, reject_unknown
+from ._common import bool_spec, check_values, choice_spec, exporting, float_spec, reject_unknown
 
 
 class DSA(nn.Module):
@@ -83,6 +81,10 @@ class DSA(nn.Module):
         "prune_without_shortcut": bool_spec(
             False, doc="also prune in a block without a shortcut (pruned pixels are then lost)"),
     }
+    # Declared for TorchScript, which otherwise types the attribute by its first value (None);
+    # a real annotation, not a string, so this file has no `from __future__ import annotations`.
+    _kept_fraction: Optional[torch.Tensor]
+    __jit_unused_properties__ = ["kept_fraction"]  # a host-side reading, not part of the graph
 
     def __init__(
             self,
@@ -162,7 +164,9 @@ class DSA(nn.Module):
             mask = self.keep_mask(a_fg, informative)
         else:
             mask = torch.ones_like(a_fg, dtype=torch.bool)
-        self._kept_fraction = mask.detach().float().mean()
+        # An exported graph has no module state to write to (torch.export warns, then drops it).
+        if not exporting():
+            self._kept_fraction = mask.detach().float().mean()
         scale = mask.to(a_fg.dtype)
         if self.reweight:
             scale = scale * (1.0 + a_fg)
