@@ -25,7 +25,7 @@ def randn(*shape, seed=0):
 
 
 def enliven(module, seed=0):
-    """Off the zero initialisations (AW-conv's last layer, CPSAM's fuse BN and gamma), as training does."""
+    """Off the zero initialisations (AW-conv's last layer, CPSAM's CSA last layer and gamma), as training does."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():

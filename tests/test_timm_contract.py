@@ -2,7 +2,7 @@
 
 Three small architectures (ResNet-18 and ResNet-50 with one block a stage and narrow stages,
 MobileNetV2 at width 0.35 and depth 0.3) that together place every one of our modules (DSA, SCA, CPSAM,
-AW-conv in both mixings) and some of timm's, each checked for: forward, backward with a
+AW-conv in both mixings, the DSA gate) and some of timm's, each checked for: forward, backward with a
 non-zero gradient on every parameter, timm's default-config contract, TorchScript,
 features_only (fresh and from a local-dir: export with its weights), torch.export and ONNX.
 Inputs are 2 x 3 x 32 x 32, so every check stays small.
@@ -25,20 +25,21 @@ ARCHS = {
     "resnet18": {
         "model": "resnet18", "model_args": {"num_classes": 10, **NARROW}, "stem": "cifar",
         "blocks": {"layer1.0": {"attention": "dsa", "attention_kwargs": {"threshold": 0.3}, "aw_conv": {"mid": 4}},
-                   "layer2.0": {"attention": "sca"},
+                   "layer2.0": {"attention": "sca", "gate": {"threshold": 0.4}},
                    "layer3.0": {"attention": "cpsam"},
                    "layer4.0": {"attention": "se", "aw_conv": {"mixing": "channel"}}}},
     "resnet50": {
         "model": "resnet50", "model_args": {"num_classes": 10, **NARROW}, "stem": "cifar",
-        "blocks": {"layer1.0": {"attention": "cpsam", "attention_kwargs": {"pool_size": 3}, "aw_conv": {}},
+        "blocks": {"layer1.0": {"attention": "cpsam", "attention_kwargs": {"pool_size": 3, "psa": "mix"}, "aw_conv": {}},
                    "layer2.0": {"attention": "dsa", "attention_kwargs": {"prune_mode": "keep_ratio", "keep_ratio": 0.4}},
-                   "layer3.0": {"attention": "sca", "attention_kwargs": {"kernel_size": 3}},
+                   "layer3.0": {"attention": "sca", "attention_kwargs": {"kernel_size": 3},
+                                "gate": {"prune_mode": "keep_ratio", "keep_ratio": 0.5}},
                    "layer4.0": {"attention": "cbam"}}},
     "mobilenetv2": {  # depth_multiplier 0.3: one or two blocks a stage
         "model": "mobilenetv2_035", "model_args": {"num_classes": 10, "depth_multiplier": 0.3}, "stem": "cifar",
         "blocks": {"blocks.1.0": {"attention": "dsa", "aw_conv": {}},
                    "blocks.2.0": {"attention": "sca"},
-                   "blocks.3.1": {"attention": "cpsam"},
+                   "blocks.3.1": {"attention": "cpsam", "gate": {}},
                    "blocks.4.0": {"attention": "eca", "aw_conv": {"mixing": "channel"}},
                    "blocks.5.0": {"attention": "none"}}},
 }
@@ -55,8 +56,8 @@ def enliven(model, seed=0):
     """Move every parameter off its initial value, as training does.
 
     Several start where part of the network is silent: AW-conv's last attention layer, CPSAM's
-    fuse BN and PSA gamma, ResNet's last BN per block are zero, so at init no gradient reaches
-    what sits behind them. After this, every parameter has a live path to the output.
+    CSA last layer and PSA gamma, ResNet's last BN per block are zero, so at init no gradient
+    reaches what sits behind them. After this, every parameter has a live path to the output.
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -79,7 +80,8 @@ def test_the_architectures_place_every_module_in_every_family():
         placed = {c["attention"] for n in family for c in ARCHS[n]["blocks"].values()}
         mixings = {c["aw_conv"].get("mixing", "element") for n in family for c in ARCHS[n]["blocks"].values()
                    if c.get("aw_conv") is not None}
-        assert ours <= placed and mixings == {"element", "channel"}
+        gated = [c for n in family for c in ARCHS[n]["blocks"].values() if c.get("gate") is not None]
+        assert ours <= placed and mixings == {"element", "channel"} and gated
     for name in ARCHS:
         model = make(name)
         sites = attention_sites(model)

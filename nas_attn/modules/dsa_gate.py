@@ -31,8 +31,6 @@ work unchanged; see :func:`gate_block`.
 Attention in the block's ``se`` slot stays where it is and sees the branch with pruned pixels
 set to zero (``se(M * h)``); in the sparse path it runs densely on the scattered kept pixels.
 """
-from __future__ import annotations
-
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -41,7 +39,8 @@ from torch import nn
 from timm.models._efficientnet_blocks import InvertedResidual
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from ._common import bool_spec
+from ._common import bool_spec, exporting
+from ._pool import adaptive_avg_pool2d
 from .dsa import DSA
 
 __all__ = [
@@ -76,6 +75,11 @@ class DSAGate(DSA):
         **{k: v for k, v in DSA.HYPERPARAMETERS.items() if k != "reweight"},
         "sparse": bool_spec(True, doc="eval mode computes only kept pixels (gather/scatter)"),
     }
+    # Declared for TorchScript (it types an attribute by its first value, None); real
+    # annotations, not strings, so this file has no `from __future__ import annotations`.
+    _kept_fraction: Optional[torch.Tensor]  # DSA's, repeated: TorchScript reads this class's annotations only
+    last_mask: Optional[torch.Tensor]
+    last_in_size: Tuple[int, int]
 
     def __init__(
             self,
@@ -108,11 +112,12 @@ class DSAGate(DSA):
         """
         a_fg, informative = self.foreground(x)
         if a_fg.shape[-2] != out_size[0] or a_fg.shape[-1] != out_size[1]:
-            a_fg = F.adaptive_avg_pool2d(a_fg, out_size)
+            a_fg = adaptive_avg_pool2d(a_fg, (out_size[0], out_size[1]))
         mask = self.keep_mask(a_fg, informative)
-        self._kept_fraction = mask.detach().float().mean()
-        self.last_mask = mask.detach()
-        self.last_in_size = (int(x.shape[-2]), int(x.shape[-1]))
+        if not exporting():  # an exported graph has no module state to record into
+            self._kept_fraction = mask.detach().float().mean()
+            self.last_mask = mask.detach()
+            self.last_in_size = (int(x.shape[-2]), int(x.shape[-1]))
         return mask
 
     def extra_repr(self) -> str:
@@ -271,8 +276,10 @@ class _Gated:
     gate: DSAGate
 
     def _use_sparse(self, mask: Optional[torch.Tensor] = None) -> bool:
+        if torch.jit.is_scripting():  # TorchScript runs the dense masked path, never compiles the sparse one
+            return False
         if (self.training or not self.gate.sparse or torch.is_grad_enabled()
-                or torch.jit.is_scripting() or torch.jit.is_tracing() or not self._sparse_supported()):
+                or torch.jit.is_tracing() or exporting() or not self._sparse_supported()):
             return False
         return mask is None or int(mask.sum()) <= self.gate.sparse_max_kept * mask.numel()
 
@@ -309,6 +316,7 @@ class GatedBasicBlock(BasicBlock, _Gated):
             h = self.drop_path(h)
         return self.act2(h + shortcut)
 
+    @torch.jit.unused
     def _forward_sparse(self, x, shortcut, mask):
         b, _, hi, wi = x.shape
         ho, wo = shortcut.shape[-2:]
@@ -353,6 +361,7 @@ class GatedBottleneck(Bottleneck, _Gated):
             h = self.drop_path(h)
         return self.act3(h + shortcut)
 
+    @torch.jit.unused
     def _forward_sparse(self, x, shortcut, mask):
         b, _, hi, wi = x.shape
         ho, wo = shortcut.shape[-2:]
@@ -400,6 +409,7 @@ class GatedInvertedResidual(InvertedResidual, _Gated):
         h = self.bn3(self.conv_pwl(h)) * m
         return self.drop_path(h) + x
 
+    @torch.jit.unused
     def _forward_sparse(self, x, mask):
         b, c, hi, wi = x.shape
         pos = mask.view(-1).nonzero().squeeze(1)
