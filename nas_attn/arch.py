@@ -107,8 +107,10 @@ def family(model: nn.Module) -> str:
         return "resnet"
     if isinstance(model, EfficientNet):
         return "efficientnet"
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     raise ArchError(
-        f"model class {type(model).__name__} is not supported: nas_attn builds timm ResNet "
+        f"{name + ' (model class ' if name else 'model class '}{type(model).__name__}{')' if name else ''} "
+        f"is not supported: nas_attn builds timm ResNet "
         f"(resnet18/26/34/50...) and EfficientNet/MobileNetV2 (efficientnet_b0, mobilenetv2_*) models")
 
 

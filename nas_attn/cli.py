@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The exception classes a user can fix, by module. Only modules a command has already imported
 # can have raised one, so main() never imports a module (torch, Ray) just to name its error.
 USER_ERRORS = {"space": "SpaceError", "arch": "ArchError", "data": "DataError", "export": "ExportError",
-               "plot": "PlotError", "search": "SearchError", "search._base": "SearchError",
+               "plot": "PlotError", "results": "ResultsError", "search": "SearchError", "search._base": "SearchError",
                "plugins": "PluginError"}
 
 

@@ -75,6 +75,8 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "DATASETS",
+    "DATASET_FORMAT",
+    "dataset_format",
     "DataBundle",
     "DataError",
     "UnsafePickleError",
@@ -119,6 +121,25 @@ def normalization(dataset: str):
     if dataset not in table:
         raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(table)}")
     return table[dataset]
+
+#: Channels and classes of each dataset as the model sees it (imagefolder: RGB, classes = the
+#: sub-folders of root/train, known only once the folder is there).
+DATASET_FORMAT = {"digits": (1, 10), "cluttered_digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100),
+                  "imagefolder": (3, None)}
+
+
+def dataset_format(dataset: str, root=None):
+    """(in_chans, num_classes) of ``dataset`` without loading it; num_classes is None for an
+    imagefolder whose ``root/train`` is not there (yet)."""
+    in_chans, num_classes = DATASET_FORMAT[dataset]
+    if dataset == "imagefolder" and root is not None:
+        train = Path(root).expanduser() / "train"
+        try:
+            num_classes = sum(1 for entry in train.iterdir() if entry.is_dir()) or None
+        except OSError:
+            num_classes = None
+    return in_chans, num_classes
+
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _CIFAR_PAD = 4  # pixels of zero padding for the random crop, at 32x32

@@ -212,6 +212,11 @@ def model_cost_report(model_name: str, attn: Optional[str], input_size, latency:
     if not timm.is_model(model_name):
         from .space import SpaceError
         raise SpaceError(f"unknown timm model {model_name!r}", file="--model")
+    if attn is not None and attn not in available():
+        from .space import SpaceError
+        from .space import _did_you_mean
+        raise SpaceError(f"unknown attention module {attn!r}{_did_you_mean(attn, available())}; "
+                         f"valid: {', '.join(available())}", file="--attn")
     args = {"in_chans": input_size[0]}
 
     def counted(arch):
@@ -228,8 +233,10 @@ def model_cost_report(model_name: str, attn: Optional[str], input_size, latency:
     if attn is None or attn == "none":
         return report
     sites = attention_sites(plain)
-    arch = {"model": model_name, "model_args": args,
-            "blocks": {b: {"attention": attn, "attention_kwargs": {}, "aw_conv": None} for b in sites}}
+    # aw_conv is not an attention-slot module: it replaces each block's spatial conv.
+    choice = ({"attention": "none", "attention_kwargs": {}, "aw_conv": {}} if attn == "aw_conv"
+              else {"attention": attn, "attention_kwargs": {}, "aw_conv": None})
+    arch = {"model": model_name, "model_args": args, "blocks": {b: dict(choice) for b in sites}}
     model, cost = counted(arch)
     baseline = {k: report[k] for k in ("params", "macs", "elementwise_ops", "latency_ms") if k in report}
     report.update({"attention": attn, **_cost_keys(cost), "baseline": baseline})
@@ -238,6 +245,12 @@ def model_cost_report(model_name: str, attn: Optional[str], input_size, latency:
     shapes = site_shapes(plain, input_size)
     blocks = {}
     for block, shape in shapes.items():
+        if attn == "aw_conv":  # the extra over the conv it replaces, on that conv's input
+            conv = getattr(sites[block].block, sites[block].conv_attr)
+            aw = _cost_keys(_module_cost(AWConv2d.from_conv(conv), shape["conv"]))
+            base = _cost_keys(_module_cost(conv, shape["conv"]))
+            blocks[block] = {"feature_map": list(shape["conv"]), **{k: aw[k] - base[k] for k in aw}}
+            continue
         c = _attn_cost(attn, (), tuple(shape["slot"]))
         blocks[block] = {"feature_map": list(shape["slot"]), **_cost_keys(c)}
     report["blocks"] = blocks
@@ -267,7 +280,8 @@ def format_cost_report(report: Dict[str, Any]) -> str:
         lines.append(f"  overhead         params +{report['params'] - b['params']:,}   MACs "
                      f"+{report['macs'] - b['macs']:,} ({100 * (report['macs'] - b['macs']) / b['macs']:.2f}%)   "
                      f"element-wise +{report['elementwise_ops'] - b['elementwise_ops']:,} ops")
-        lines.append(f"  per block ({report['attention']} module alone on the block's feature map):")
+        lines.append(f"  per block ({report['attention']} module alone on the block's feature map):" if report["attention"]
+                     != "aw_conv" else "  per block (AW-conv's extra over the conv it replaces, on that conv's input):")
         lines.append(f"    {'block':<12} {'C x H x W':<14} {'params':>10} {'MACs':>14} {'element-wise':>16}")
         for block, d in report["blocks"].items():
             lines.append(f"    {block:<12} {'x'.join(map(str, d['feature_map'])):<14} {d['params']:>10,} "

@@ -178,8 +178,23 @@ class _Checker:
 
 
 def _kind(value) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "nothing (null)"}.get(type(value), f"{type(value).__name__} {value!r}")
+    """What the user wrote, kind and value, for "expected X, got ..." messages."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {_short(value)}"
+    if isinstance(value, list):
+        return f"the list {_short(value)}" if value else "an empty list"
+    if isinstance(value, dict):
+        return f"a mapping with keys {_short(list(value))}" if value else "an empty mapping"
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _did_you_mean(word, options) -> str:
@@ -365,8 +380,11 @@ def _parse_block_rule(glob, value, path, check: _Checker) -> BlockRule:
             if "choices" not in spec:
                 check.fail(wpath, "missing required key 'choices' ([false, true], [true] or [false])")
             choices = spec["choices"]
-            if not isinstance(choices, list) or not choices or not all(isinstance(c, bool) for c in choices):
+            if not isinstance(choices, list) or not choices:
                 check.fail(wpath + ("choices",), f"expected a non-empty list of true/false, got {_kind(choices)}")
+            for i, c in enumerate(choices):
+                if not isinstance(c, bool):
+                    check.fail(wpath + ("choices", i), f"expected true or false, got {_kind(c)}")
             aw_values = tuple(dict.fromkeys(choices))
             aw_params = {hp: _parse_param(v, wpath + (hp,), check) for hp, v in spec.items() if hp != "choices"}
             _check_module_kwargs("aw_conv", aw_params, wpath, check)
@@ -721,6 +739,9 @@ def resolve(path_or_name: Union[str, os.PathLike]) -> Path:
     candidate = Path(path_or_name)
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        raise SpaceError(f"is a folder, not a YAML file; give the space file inside it "
+                         f"(e.g. {candidate / 'space.yaml'}) or a shipped space name", file=str(path_or_name))
     shipped = shipped_spaces()
     if str(path_or_name) in shipped:
         return shipped[str(path_or_name)]
@@ -732,8 +753,23 @@ def resolve(path_or_name: Union[str, os.PathLike]) -> Path:
 def load(path_or_name: Union[str, os.PathLike]) -> SearchSpace:
     """Load and validate a search space from a YAML path or a shipped name."""
     path = resolve(path_or_name)
-    document, lines = _parse_yaml(path.read_text(), str(path))
+    document, lines = _parse_yaml(_read_text(path), str(path))
     return from_dict(document, file=str(path), lines=lines)
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, or SpaceError naming the line and byte that is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpaceError(f"cannot read the file: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpaceError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at column {column}; "
+                         f"save the file as UTF-8", file=str(path), line=line) from None
 
 
 def loads(text: str, file: str = "<string>") -> SearchSpace:
@@ -868,10 +904,12 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
         model_family = family(probe)
     except ArchError as exc:
         check.fail(("model", "name"), str(exc))
-    except TypeError as exc:
-        check.fail(("model", "args"), f"timm could not build {model_name} with these args: {exc}")
+    except Exception as exc:  # timm/torch refuse an argument (TypeError, ValueError, ...): say which
+        _fail_model_args(model_name, args, stem, exc, "build", check)
+    _check_against_data(model_name, args, data, check)
     decisions = _decisions(rules, list(sites), check)
     _check_gateable(decisions, sites, check)
+    _check_image_size(probe, model_name, args, stem, data, train, sites, decisions, check)
     stages, base_arch_def = _stages(probe, model_family, model_name, args, list(sites), stage_rules, rules, check)
     _check_knobs(stages, decisions, model_family, base_arch_def, divisor, check)
     if "channel_divisor" in doc["model"]:
@@ -896,6 +934,73 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
                 check.fail(first, f"timm cannot build the {'largest' if largest else 'smallest'} "
                                   f"structure these knobs allow: {type(exc).__name__}: {exc}")
     return space
+
+
+def _check_against_data(model_name: str, args: dict, data: dict, check: _Checker) -> None:
+    """The model's input channels and classes must be the dataset's: otherwise every trial fails
+    (wrong channels) or trains a head of the wrong size (wrong classes)."""
+    from .data import dataset_format
+    in_chans, num_classes = dataset_format(data["dataset"], data["root"])
+    for key, want, default in (("in_chans", in_chans, 3), ("num_classes", num_classes, 1000)):
+        if want is None:
+            continue
+        given = args.get(key, default)
+        if given == want:
+            continue
+        where = ("model", "args", key)  # the line of the key, or of model.args / model when it is absent
+        stated = f"{key}: {given!r}" if key in args else f"no {key}, so timm's default {default}"
+        what = "channel" + ("s" if want != 1 else "") if key == "in_chans" else "classes"
+        check.fail(where, f"dataset {data['dataset']} has {want} {what} but the model has {stated}; "
+                          f"set model.args.{key}: {want}")
+
+
+def _fail_model_args(model_name: str, args: dict, stem: str, exc: Exception, what: str, check: _Checker,
+                     input_size=None):
+    """SpaceError at the model arg that makes timm/torch fail (found by leaving each one out),
+    else at model.args."""
+    import torch
+    for key in args:
+        rest = {k: v for k, v in args.items() if k != key}
+        try:
+            model = build_model({"model": model_name, "model_args": rest, "stem": stem, "blocks": {}})
+            if input_size is not None:
+                model.eval()
+                with torch.no_grad():
+                    model(torch.zeros(1, *input_size))
+        except Exception:
+            continue
+        check.fail(("model", "args", key), f"timm could not {what} {model_name} with {key}: {args[key]!r}: "
+                                           f"{type(exc).__name__}: {exc}")
+    check.fail(("model", "args"), f"timm could not {what} {model_name} with these args: "
+                                  f"{type(exc).__name__}: {exc}")
+
+
+def _check_image_size(probe, model_name: str, args: dict, stem: str, data: dict, train: dict, sites,
+                      decisions: List["Decision"], check: _Checker) -> None:
+    """Run the base model once on one image of the data's size: it must run, and the searched
+    blocks must see more than a single pixel (beyond the model's downsampling every map is 1x1
+    and spatial attention has nothing to attend to)."""
+    import torch
+    from .arch import site_shapes
+    size = data["image_size"]
+    input_size = (args.get("in_chans", 3), size, size)
+    try:
+        shapes = site_shapes(probe, input_size)
+    except Exception as exc:
+        if isinstance(exc, (ValueError, TypeError)) and args:
+            _fail_model_args(model_name, args, stem, exc, "run", check, input_size)
+        check.fail(("data", "image_size"), f"{model_name} cannot run on {size}x{size} images: "
+                                           f"{type(exc).__name__}: {exc}")
+    searched = [b for d in decisions for b in d.blocks]
+    if searched and all(shapes[b]["slot"][1:] == (1, 1) for b in searched):
+        last = next((b for b in shapes if shapes[b]["slot"][1:] == (1, 1)), searched[0])
+        check.fail(("data", "image_size"),
+                   f"{size}x{size} images are too small for {model_name}'s downsampling: every searched block "
+                   f"sees a 1x1 map (from {last} on); use a larger image_size or model.stem: cifar")
+    smallest = min((shapes[b]["slot"][1] * shapes[b]["slot"][2] for b in shapes), default=2)
+    if train["batch_size"] == 1 and smallest == 1:
+        check.fail(("train", "batch_size"), "batch_size 1 with maps of 1x1 pixels: batch norm cannot "
+                                            "normalise a single value in training; use batch_size >= 2")
 
 
 def _stages(probe, model_family: str, model_name: str, args: dict, block_names: List[str],
