@@ -48,7 +48,7 @@ def test_search_builds_samplers_by_the_rule_and_validates_overrides():
     assert make_sampler("nsga2", 0, 12)._population_size == 4
     assert make_sampler("nsga2", 0, 12, population=8)._population_size == 8
     assert make_sampler("tpe", 0, 16)._n_startup_trials == 4
-    base = 'model: {name: resnet18, args: {in_chans: 1}}\nblocks: {"layer1.*": {attention: se}}\nsearch: '
+    base = 'model: {name: resnet18, args: {in_chans: 1, num_classes: 10}}\nblocks: {"layer1.*": {attention: se}}\nsearch: '
     assert loads(base + "{population: 6, startup_trials: 2, confirm: 2}").search["confirm"] == 2
     for bad, key in (("{population: 1}", "search.population"), ("{confirm: -1}", "search.confirm"),
                      ("{startup_trials: 0}", "search.startup_trials")):
