@@ -13,6 +13,11 @@ from typing import List, Optional
 from .metrics import X_METRICS
 
 REFERENCE_FEATURE_MAP = (256, 14, 14)
+# Exit codes (README, "Exit codes"): 0 done, 2 bad input; a search in which no trial trained to
+# the end exits 3; one that stopped before its budget (Ctrl+C) exits 130, like a shell.
+EXIT_BAD_INPUT = 2
+EXIT_NO_TRIAL_FINISHED = 3
+EXIT_INTERRUPTED = 130
 REF_HELP = ("hypervolume reference point, one value per objective in the space's order "
             "(default: the space's declared ref values)")
 
@@ -60,12 +65,14 @@ def _non_negative_float(text: str) -> float:
 
 def cmd_search(args) -> int:
     from .search import run
-    run(args.space, trials=args.trials, concurrent=args.concurrent, epochs=args.epochs, sampler=args.sampler,
+    result = run(args.space, trials=args.trials, concurrent=args.concurrent, epochs=args.epochs, sampler=args.sampler,
         seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         address=args.address, out=args.out, resume=args.resume, data_root=args.data_root,
         early_stopping=args.early_stopping, confirm=args.confirm, verbose=args.verbose,
         allow_unauthenticated_cluster=args.allow_unauthenticated_cluster, plugins=args.plugin)
-    return 0
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if result.finished else EXIT_NO_TRIAL_FINISHED
 
 
 def cmd_validate(args) -> int:
@@ -275,7 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `nas-attn cost ... | head` closed our stdout: not an error worth a traceback.
         sys.stderr.close()
@@ -284,7 +291,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not isinstance(exc, _user_errors()):
             raise
         print(f"nas-attn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -156,3 +156,43 @@ def test_truncated_trials_file_is_named_with_its_line_and_left_untouched(tmp_pat
     assert code == 2 and "Traceback" not in out + err, err
     assert "trials.jsonl:2" in err, err
     assert _checksum(run_dir) == before
+
+
+# ------------------------------------------------------------------ search outcomes (no Ray)
+def test_resume_refuses_every_override_it_would_ignore(tmp_path, capsys):
+    from nas_attn import cli
+    run_dir = tmp_path / "run"
+    (run_dir / "ray").mkdir(parents=True)
+    (run_dir / "space.yaml").write_text("unused: the flags are refused first\n")
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    for flag, value in (("--trials", "30"), ("--epochs", "9"), ("--concurrent", "1"), ("--confirm", "2")):
+        assert cli.main(["search", "--resume", str(run_dir), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and "cannot change" in err and "Traceback" not in err
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+
+
+@pytest.mark.parametrize("per_trial, cluster, words", [
+    ({"cpu": 1, "gpu": 1}, {"CPU": 2.0}, ["1 GPU(s)", "--gpus-per-trial", "has 0"]),
+    ({"cpu": 4, "gpu": 0}, {"CPU": 2.0, "GPU": 1.0}, ["4 CPU(s)", "--cpus-per-trial", "has 2"]),
+])
+def test_resources_no_cluster_can_give_are_refused(per_trial, cluster, words):
+    from nas_attn.search import SearchError
+    from nas_attn.search._driver import check_resources
+    with pytest.raises(SearchError) as info:
+        check_resources(per_trial, cluster)
+    assert all(word in str(info.value) for word in words)
+    check_resources({"cpu": 2, "gpu": 0.5}, {"CPU": 2.0, "GPU": 1.0})  # fits: no error
+
+
+@pytest.mark.parametrize("statuses, interrupted, code", [
+    (["ok", "failed"], False, 0), (["failed", "infeasible"], False, 3), (["ok"], True, 130), ([], True, 130)])
+def test_search_exit_code_says_whether_any_trial_finished(monkeypatch, statuses, interrupted, code):
+    from nas_attn import cli, search
+    from nas_attn.search import SearchResult
+
+    def fake_run(*args, **kwargs):
+        return SearchResult(run_dir=Path("x"), trials=[{"status": s} for s in statuses], pareto=[],
+                            space=None, interrupted=interrupted)
+    monkeypatch.setattr(search, "run", fake_run)
+    assert cli.main(["search"]) == code

@@ -14,8 +14,18 @@ class SearchError(ValueError):
 
 @dataclass
 class SearchResult:
-    """What a search leaves: every finished trial, the Pareto set, and where the files are."""
+    """What a search leaves: every finished trial, the Pareto set, and where the files are.
+
+    ``interrupted`` is True when the search stopped before its budget (Ctrl+C, or Ray ended
+    it): fewer records than ``space.search["trials"]``; ``--resume`` continues it.
+    """
     run_dir: Path
     trials: List[Dict[str, Any]]
     pareto: List[Dict[str, Any]]
     space: SearchSpace
+    interrupted: bool = False
+
+    @property
+    def finished(self) -> int:
+        """Trials that trained to the end (status ``ok``)."""
+        return sum(1 for record in self.trials if record.get("status") == "ok")

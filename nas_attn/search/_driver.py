@@ -121,6 +121,17 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
     except PluginError as exc:
         raise SearchError(str(exc)) from None
     if resume is not None:
+        # Tuner.restore keeps the experiment as it started (budget, trainable settings, the
+        # searcher's sampler): a changed flag would be ignored silently, so it is refused.
+        given = {flag: value for flag, value in (
+            ("--trials", trials), ("--concurrent", concurrent), ("--epochs", epochs), ("--sampler", sampler),
+            ("--seed", seed), ("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial),
+            ("--data-root", data_root), ("--early-stopping", early_stopping), ("--confirm", confirm))
+            if value is not None}
+        if given:
+            raise SearchError(f"--resume {resume} continues the search exactly as recorded in its {SPACE_FILE}; "
+                              f"{', '.join(given)} cannot change it (Ray restores the experiment with its "
+                              f"budget, concurrency and settings). Start a new search with --out to change them.")
         run_dir = Path(resume).resolve()
         if not (run_dir / SPACE_FILE).is_file() or not (run_dir / RAY_FOLDER).is_dir():
             raise SearchError(f"--resume {resume}: not a nas-attn results folder "
@@ -148,6 +159,7 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
     if started_ray:
         init_ray(address, verbose, num_cpus, allow_unauthenticated_cluster)
     try:
+        check_resources(trial_resources(space), ray.cluster_resources())
         return _run(space, run_dir, resume is not None, verbose)
     finally:
         if started_ray:
@@ -208,12 +220,43 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
         from ._confirm import confirm
         records = confirm(space, run_dir, records, objectives, search["concurrent"], trial_resources(space))
     front = pareto_records(records, objectives)
-    print(f"\nPareto set ({len(front)} of {len(records)} trials; objectives: "
-          + ", ".join(f"{o['metric']} ({o['direction']})" for o in objectives) + ")")
-    print(pareto_table(front))
+    interrupted = len(records) < budget
+    ok = sum(1 for r in records if r["status"] == "ok")
+    if front:
+        title = "Partial Pareto set, so far" if interrupted else "Pareto set"
+        print(f"\n{title} ({len(front)} of {len(records)} trials; objectives: "
+              + ", ".join(f"{o['metric']} ({o['direction']})" for o in objectives) + ")")
+        print(pareto_table(front))
     print(f"\nResults: {run_dir}\n  {TRIALS_FILE}, {PARETO_FILE}, {STUDY_FILE} (optuna-dashboard "
           f"{run_dir / STUDY_FILE}), {RAY_FOLDER}/")
-    return SearchResult(run_dir=run_dir, trials=records, pareto=front, space=space)
+    if interrupted:
+        print(f"\ninterrupted after {len(records)} of {budget} trials; continue with "
+              f"nas-attn search --resume {run_dir}", file=sys.stderr)
+    elif not ok:
+        print(f"\nno trial finished: {len(records)} of {budget} trials ended "
+              + ", ".join(f"{n} {status}" for status, n in sorted(_status_counts(records).items()))
+              + f" (reasons in {run_dir / TRIALS_FILE})", file=sys.stderr)
+    return SearchResult(run_dir=run_dir, trials=records, pareto=front, space=space, interrupted=interrupted)
+
+
+def _status_counts(records) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    return counts
+
+
+def check_resources(per_trial: Dict[str, float], cluster: Dict[str, float]) -> None:
+    """Refuse a per-trial request no node set of the cluster can ever meet (Ray would wait forever).
+
+    ``per_trial``: ``{"cpu": c, "gpu": g}``; ``cluster``: ``ray.cluster_resources()`` (``CPU``, ``GPU``).
+    """
+    for key, ray_key, flag, space_key in (("cpu", "CPU", "--cpus-per-trial", "search.resources.cpu"),
+                                          ("gpu", "GPU", "--gpus-per-trial", "search.resources.gpu")):
+        asked, present = float(per_trial.get(key) or 0), float(cluster.get(ray_key, 0))
+        if asked > present:
+            raise SearchError(f"each trial asks for {asked:g} {ray_key}(s) ({flag} / {space_key}), but the Ray "
+                              f"cluster has {present:g} in all; lower {flag} or run on a cluster that has them")
 
 
 def _make_scheduler(space: SearchSpace):
