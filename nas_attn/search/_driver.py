@@ -161,6 +161,11 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
     try:
         check_resources(trial_resources(space), ray.cluster_resources())
         return _run(space, run_dir, resume is not None, verbose)
+    except KeyboardInterrupt:
+        # Tune usually ends fit() itself on Ctrl+C (then _run says so); a second Ctrl+C lands here.
+        print(f"\ninterrupted after {len(read_trials(run_dir))} of {space.search['trials']} trials; "
+              f"continue with nas-attn search --resume {run_dir}", file=sys.stderr)
+        raise
     finally:
         if started_ray:
             ray.shutdown()
