@@ -84,8 +84,12 @@ def prepare_local_environment() -> None:
     os.environ.setdefault(LOOPBACK_NODE_VAR, "0")
 
 
-def start_local(num_cpus: Optional[int], verbose: bool) -> None:
-    """Start a private Ray instance on this machine, token-authenticated, on loopback."""
+def start_local(num_cpus: Optional[int], verbose: bool) -> Optional[str]:
+    """Start a private Ray instance on this machine, token-authenticated, on loopback.
+
+    Returns its session folder (``/tmp/ray/session_...``), which names the instance's processes
+    for :func:`stop_orphans`.
+    """
     prepare_local_environment()
     ray_imported_before = "ray" in sys.modules
     import ray
@@ -94,7 +98,7 @@ def start_local(num_cpus: Optional[int], verbose: bool) -> None:
     try:
         # address="local": without it ray.init joins whatever cluster this machine last
         # started (ray start, another test's Cluster) instead of a private instance.
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+        context = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose,
                  _node_ip_address=LOOPBACK)
     except (OSError, AuthenticationError) as exc:
@@ -112,6 +116,57 @@ def start_local(num_cpus: Optional[int], verbose: bool) -> None:
             "ray to keep them on loopback.", ", ".join(addresses), LOOPBACK,
             "ray was imported before nas_attn" if ray_imported_before else "Ray chose it",
             LOOPBACK_NODE_VAR)
+    return context.address_info.get("session_dir")
+
+
+def _processes_using(session_dir: str) -> List[tuple]:
+    """(pid, parent pid, name) of processes with a file open under ``session_dir`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone, or not ours to read
+        if any(link.startswith(session_dir + os.sep) for link in links):
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            found.append((int(entry), int(stat.rsplit(")", 1)[1].split()[1]), name))
+    return found
+
+
+def stop_orphans(session_dir: str, wait_s: float = 3.0) -> List[int]:
+    """End the processes a dead local Ray instance left behind; returns their PIDs.
+
+    When the driver of a local search is killed with SIGKILL, Ray's GCS and raylet die with it
+    (they watch the driver), but the dashboard and runtime-env agents, children of the raylet,
+    were seen re-parented to PID 1 and running on (Ray 2.60). Only processes that hold files in
+    that instance's own session folder, have PID 1 as parent, and whose GCS and raylet are gone
+    are ended: a live instance (a raylet or GCS still using the folder) is left alone.
+    """
+    import signal
+    import time
+    if not session_dir or not os.path.isdir("/proc") or not os.path.isdir(session_dir):
+        return []
+    users = _processes_using(session_dir)
+    if any(name in ("raylet", "gcs_server") for _, _, name in users):
+        return []
+    orphans = [pid for pid, parent, _ in users if parent == 1 and pid != os.getpid()]
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in orphans):
+        time.sleep(0.1)
+    for pid in orphans:  # seen ignoring SIGTERM
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return orphans
 
 
 def connect(address: str, verbose: bool, allow_unauthenticated: bool = False) -> None:

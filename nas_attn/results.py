@@ -29,6 +29,9 @@ STUDY_FILE = "study.journal"
 TRIALS_FILE = "trials.jsonl"
 PARETO_FILE = "pareto.json"
 RAY_FOLDER = "ray"
+# One line per local Ray instance a search started here (its session folder), for --resume to
+# end what a killed driver left running (nas_attn.cluster.stop_orphans).
+RAY_SESSIONS_FILE = "ray_sessions.txt"
 STUDY_NAME = "nas_attn"
 #: The trained weights in a trial's checkpoint and in an exported folder (safetensors).
 WEIGHTS_FILE = "model.safetensors"

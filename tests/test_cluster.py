@@ -209,3 +209,41 @@ def test_joining_a_cluster_that_runs_without_authentication_is_refused():
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait()
+
+
+def _orphan(binary, session_dir):
+    """Start ``binary 300`` holding a file of ``session_dir`` open, re-parented away from us."""
+    log = session_dir / "logs" / f"{Path(binary).name}.out"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sh", "-c", f'"{binary}" 300 >>"{log}" 2>&1 &'], check=True)
+    for _ in range(100):
+        found = [pid for pid, _, name in cluster._processes_using(str(session_dir)) if name == Path(binary).name]
+        if found:
+            return found[0]
+        __import__("time").sleep(0.05)
+    raise AssertionError("the stand-in process did not start")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="finds processes through Linux /proc")
+def test_stop_orphans_ends_what_a_dead_instance_left_and_spares_a_live_one(tmp_path):
+    import shutil
+    dead = tmp_path / "session_dead"
+    agent = _orphan(shutil.which("sleep"), dead)
+    parent = int(Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    if parent != 1:
+        pytest.skip(f"orphans are re-parented to PID {parent} (a subreaper) here, not to init")
+    assert cluster.stop_orphans(str(dead)) == [agent]
+    state = Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{agent}").exists() else "gone"
+    assert state in ("Z", "gone")
+
+    live = tmp_path / "session_live"
+    raylet = tmp_path / "raylet"
+    shutil.copy(shutil.which("sleep"), raylet)  # a process named raylet: the instance is alive
+    pids = [_orphan(raylet, live), _orphan(shutil.which("sleep"), live)]
+    try:
+        assert cluster.stop_orphans(str(live)) == []
+        assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+    finally:
+        for pid in pids:
+            os.kill(pid, 9)
+    assert cluster.stop_orphans(str(tmp_path / "no_such_session")) == []

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from ..results import (PARETO_FILE, RAY_FOLDER, SPACE_FILE, STUDY_FILE, STUDY_NAME, TRIALS_FILE,
+from ..results import (PARETO_FILE, RAY_FOLDER, RAY_SESSIONS_FILE, SPACE_FILE, STUDY_FILE, STUDY_NAME, TRIALS_FILE,
                        pareto_records, read_trials, study_storage, write_atomic)
 from ..plugins import PluginError, import_plugins
 from ..space import SearchSpace, load
@@ -33,9 +33,10 @@ def init_ray(address: Optional[str], verbose: bool, num_cpus: Optional[int] = No
         if address:
             connect(address, verbose, allow_unauthenticated=allow_unauthenticated_cluster)
         else:
-            start_local(num_cpus, verbose)
+            return start_local(num_cpus, verbose)
     except ClusterError as exc:
         raise SearchError(str(exc)) from None
+    return None
 
 
 def _check_address(address: Optional[str]) -> None:
@@ -156,8 +157,19 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started_ray = not ray.is_initialized()
+    if resume is not None and (run_dir / RAY_SESSIONS_FILE).is_file():
+        from ..cluster import stop_orphans
+        for session_dir in (run_dir / RAY_SESSIONS_FILE).read_text().split():
+            ended = stop_orphans(session_dir)
+            if ended:
+                print(f"ended {len(ended)} Ray process(es) left running by the killed search "
+                      f"(PIDs {', '.join(map(str, ended))})", file=sys.stderr)
     if started_ray:
-        init_ray(address, verbose, num_cpus, allow_unauthenticated_cluster)
+        session_dir = init_ray(address, verbose, num_cpus, allow_unauthenticated_cluster)
+        if session_dir:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / RAY_SESSIONS_FILE, "a") as handle:
+                handle.write(session_dir + "\n")
     try:
         check_resources(trial_resources(space), ray.cluster_resources())
         return _run(space, run_dir, resume is not None, verbose)
