@@ -138,6 +138,7 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
             raise SearchError(f"--resume {resume}: not a nas-attn results folder "
                               f"(expected {SPACE_FILE} and {RAY_FOLDER}/ inside)")
         space = load(run_dir / SPACE_FILE)
+        read_trials(run_dir)  # a damaged trials.jsonl is named now, before Ray starts
     else:
         if not isinstance(space, SearchSpace):
             space = load(space)
