@@ -58,12 +58,14 @@ class DSAGate(DSA):
 
     Args:
         channels: input channels of the gated block (unused; timm's signature).
-        threshold, reduce, prune_mode, keep_ratio, eps: as for DSA.
         sparse: in eval mode, run the gated branch on the kept pixels only (gather, compute,
             scatter). False keeps the dense masked computation everywhere. Either gives the
             same output; ``set_sparse(model, False)`` flips every gate of a model. A forward
             whose mask keeps more than ``sparse_max_kept`` (default 0.9) of the pixels runs
             dense anyway: gathering nearly every pixel costs more than it saves.
+        **kwargs: DSA's threshold, reduce, prune_mode, keep_ratio and eps, with DSA's defaults
+            and checks (passed through, not restated, so the two cannot drift apart), and timm's
+            pass-through keywords.
 
     Attributes:
         kept_fraction: fraction of the output grid's pixels kept in the last forward (float).
@@ -83,21 +85,10 @@ class DSAGate(DSA):
     last_mask: Optional[torch.Tensor]
     last_in_size: Tuple[int, int]
 
-    def __init__(
-            self,
-            channels: int,
-            threshold: float = 0.5,
-            reduce: str = "mean",
-            prune_mode: str = "threshold",
-            keep_ratio: float = 0.5,
-            eps: float = 1e-6,
-            sparse: bool = True,
-            **kwargs,
-    ):
+    def __init__(self, channels: int, sparse: bool = True, **kwargs):
         if "reweight" in kwargs:
             raise ValueError("DSAGate: reweight is not a gate hyperparameter (a gate only masks the branch)")
-        super().__init__(channels, threshold=threshold, reduce=reduce, prune_mode=prune_mode,
-                         keep_ratio=keep_ratio, reweight=False, eps=eps, **kwargs)
+        super().__init__(channels, reweight=False, **kwargs)
         if not isinstance(sparse, bool):
             raise ValueError(f"DSAGate: sparse must be a bool (True or False), got {sparse!r}")
         self.sparse = sparse
@@ -235,6 +226,30 @@ def _norm_rows(rows: torch.Tensor, bn: nn.Module) -> torch.Tensor:
     return out
 
 
+def _pointwise_rows(rows: torch.Tensor, conv: nn.Conv2d, bn: nn.Module) -> torch.Tensor:
+    """A 1x1 stride-1 ``conv`` and its eval-mode ``bn`` on pixel rows: one matrix product."""
+    out = rows @ conv.weight.view(conv.out_channels, -1).t()
+    if conv.bias is not None:
+        out = out + conv.bias
+    return _norm_rows(out, bn)
+
+
+def _kept_and_needed(mask: torch.Tensor, conv: nn.Conv2d, in_hw: List[int]):
+    """(flat indices of the kept pixels of ``mask``, the neighbourhoods ``conv`` reads for them
+    in its (B, C, *in_hw) input, the sorted input pixels those neighbourhoods touch)."""
+    pos = mask.view(-1).nonzero().squeeze(1)
+    nbrs = _neighbours(pos, [mask.shape[-2], mask.shape[-1]], in_hw, conv)
+    return pos, nbrs, _needed(nbrs, mask.shape[0] * in_hw[0] * in_hw[1])
+
+
+def _conv_norm_at(rows: torch.Tensor, at: torch.Tensor, nbrs: torch.Tensor, n_pixels: int,
+                  conv: nn.Conv2d, bn: nn.Module) -> torch.Tensor:
+    """``conv`` and its eval-mode ``bn`` at the pixels whose neighbourhoods are ``nbrs``, given the
+    input ``rows`` at the pixels ``at`` (all that ``nbrs`` reads) of an ``n_pixels`` map."""
+    table = _sparse_table(rows, at, n_pixels)
+    return _norm_rows(_conv_rows(table, _fix_outside(nbrs, n_pixels), conv), bn)
+
+
 def _plain_conv(conv: nn.Module, depthwise_ok: bool) -> bool:
     if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
@@ -273,9 +288,10 @@ def _attend_rows(se: nn.Module, rows: torch.Tensor, pos: torch.Tensor, shape: Li
 
 
 class _Gated:
-    """Shared parts of the gated block classes (a mixin; the timm class supplies the rest)."""
-
-    gate: DSAGate
+    """Shared parts of the gated block classes (a mixin; the timm class supplies the rest, and
+    :func:`gate_block` the ``gate``, a :class:`DSAGate`). No class annotations here: TorchScript
+    types a module's attributes by the first ``__annotations__`` in its class's MRO, and a
+    gated ResNet block has this mixin before the timm class."""
 
     def _use_sparse(self, mask: Optional[torch.Tensor] = None) -> bool:
         if torch.jit.is_scripting():  # TorchScript runs the dense masked path, never compiles the sparse one
@@ -293,7 +309,40 @@ class _Gated:
         raise NotImplementedError
 
 
-class GatedBasicBlock(BasicBlock, _Gated):
+class _GatedResNetBlock(_Gated):
+    """The forward of a gated timm ResNet block, ``y = act(shortcut(x) + M * branch(x))``; first
+    in its subclasses' bases, so that this forward, not the timm block's, runs. Subclasses supply
+    the branch up to its last norm (dense, and sparse at the kept pixels) and the last activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        mask = self.gate(x, [shortcut.shape[-2], shortcut.shape[-1]])
+        if self._use_sparse(mask):
+            return self._forward_sparse(x, shortcut, mask)
+        m = mask.to(x.dtype)
+        h = self._branch(x) * m
+        if self.se is not None:
+            h = self.se(h) * m
+        if self.drop_path is not None:
+            h = self.drop_path(h)
+        return self._last_act(h + shortcut)
+
+    @torch.jit.unused
+    def _forward_sparse(self, x, shortcut, mask):
+        pos, h = self._branch_rows(x, mask)
+        shape = [x.shape[0], h.shape[1], shortcut.shape[-2], shortcut.shape[-1]]
+        if self.se is not None:
+            h = _attend_rows(self.se, h, pos, shape, x)
+        return _output(self._last_act(_add_at(shortcut, pos, h)), x, shape)
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _last_act(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GatedBasicBlock(_GatedResNetBlock, BasicBlock):
     """timm ResNet BasicBlock with ``y = act(shortcut(x) + M * branch(x))``."""
 
     def branch_convs(self) -> List[str]:
@@ -304,38 +353,25 @@ class GatedBasicBlock(BasicBlock, _Gated):
                 and _plain_norm(self.bn1) and _plain_norm(self.bn2)
                 and _identity(self.aa) and _identity(self.drop_block))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        mask = self.gate(x, [shortcut.shape[-2], shortcut.shape[-1]])
-        if self._use_sparse(mask):
-            return self._forward_sparse(x, shortcut, mask)
-        m = mask.to(x.dtype)
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act1(self.drop_block(self.bn1(self.conv1(x))))
-        h = self.bn2(self.conv2(self.aa(h))) * m
-        if self.se is not None:
-            h = self.se(h) * m
-        if self.drop_path is not None:
-            h = self.drop_path(h)
-        return self.act2(h + shortcut)
+        return self.bn2(self.conv2(self.aa(h)))
+
+    def _last_act(self, h: torch.Tensor) -> torch.Tensor:
+        return self.act2(h)
 
     @torch.jit.unused
-    def _forward_sparse(self, x, shortcut, mask):
+    def _branch_rows(self, x, mask):
+        """(kept pixels, the branch's rows there): conv2 at the kept pixels, conv1 where conv2 reads."""
         b, _, hi, wi = x.shape
-        ho, wo = shortcut.shape[-2:]
-        pos = mask.view(-1).nonzero().squeeze(1)
-        nbr2 = _neighbours(pos, [ho, wo], [ho, wo], self.conv2)
-        need1 = _needed(nbr2, b * ho * wo)
+        ho, wo = mask.shape[-2:]
+        pos, nbr2, need1 = _kept_and_needed(mask, self.conv2, [ho, wo])
         nbr1 = _fix_outside(_neighbours(need1, [ho, wo], [hi, wi], self.conv1), b * hi * wi)
         h1 = self.act1(_norm_rows(_conv_rows(_with_zero_row(_rows(x)), nbr1, self.conv1), self.bn1))
-        table1 = _sparse_table(h1, need1, b * ho * wo)
-        h2 = _norm_rows(_conv_rows(table1, _fix_outside(nbr2, b * ho * wo), self.conv2), self.bn2)
-        shape = [b, h2.shape[1], ho, wo]
-        if self.se is not None:
-            h2 = _attend_rows(self.se, h2, pos, shape, x)
-        return _output(self.act2(_add_at(shortcut, pos, h2)), x, shape)
+        return pos, _conv_norm_at(h1, need1, nbr2, b * ho * wo, self.conv2, self.bn2)
 
 
-class GatedBottleneck(Bottleneck, _Gated):
+class GatedBottleneck(_GatedResNetBlock, Bottleneck):
     """timm ResNet Bottleneck with ``y = act(shortcut(x) + M * branch(x))``."""
 
     def branch_convs(self) -> List[str]:
@@ -348,42 +384,23 @@ class GatedBottleneck(Bottleneck, _Gated):
                 and all(_plain_norm(n) for n in (self.bn1, self.bn2, self.bn3))
                 and _identity(self.aa) and _identity(self.drop_block))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        mask = self.gate(x, [shortcut.shape[-2], shortcut.shape[-1]])
-        if self._use_sparse(mask):
-            return self._forward_sparse(x, shortcut, mask)
-        m = mask.to(x.dtype)
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act1(self.bn1(self.conv1(x)))
         h = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(h)))))
-        h = self.bn3(self.conv3(h)) * m
-        if self.se is not None:
-            h = self.se(h) * m
-        if self.drop_path is not None:
-            h = self.drop_path(h)
-        return self.act3(h + shortcut)
+        return self.bn3(self.conv3(h))
+
+    def _last_act(self, h: torch.Tensor) -> torch.Tensor:
+        return self.act3(h)
 
     @torch.jit.unused
-    def _forward_sparse(self, x, shortcut, mask):
+    def _branch_rows(self, x, mask):
+        """(kept pixels, the branch's rows there): conv3 and conv2 at the kept pixels, conv1
+        (1x1) where conv2 reads."""
         b, _, hi, wi = x.shape
-        ho, wo = shortcut.shape[-2:]
-        pos = mask.view(-1).nonzero().squeeze(1)
-        nbr2 = _neighbours(pos, [ho, wo], [hi, wi], self.conv2)
-        need1 = _needed(nbr2, b * hi * wi)
-        h1 = _rows(x).index_select(0, need1) @ self.conv1.weight.view(self.conv1.out_channels, -1).t()
-        if self.conv1.bias is not None:
-            h1 = h1 + self.conv1.bias
-        h1 = self.act1(_norm_rows(h1, self.bn1))
-        table1 = _sparse_table(h1, need1, b * hi * wi)
-        h2 = self.act2(_norm_rows(_conv_rows(table1, _fix_outside(nbr2, b * hi * wi), self.conv2), self.bn2))
-        h3 = h2 @ self.conv3.weight.view(self.conv3.out_channels, -1).t()
-        if self.conv3.bias is not None:
-            h3 = h3 + self.conv3.bias
-        h3 = _norm_rows(h3, self.bn3)
-        shape = [b, h3.shape[1], ho, wo]
-        if self.se is not None:
-            h3 = _attend_rows(self.se, h3, pos, shape, x)
-        return _output(self.act3(_add_at(shortcut, pos, h3)), x, shape)
+        pos, nbr2, need1 = _kept_and_needed(mask, self.conv2, [hi, wi])
+        h1 = self.act1(_pointwise_rows(_rows(x).index_select(0, need1), self.conv1, self.bn1))
+        h2 = self.act2(_conv_norm_at(h1, need1, nbr2, b * hi * wi, self.conv2, self.bn2))
+        return pos, _pointwise_rows(h2, self.conv3, self.bn3)
 
 
 class GatedInvertedResidual(InvertedResidual, _Gated):
@@ -414,22 +431,12 @@ class GatedInvertedResidual(InvertedResidual, _Gated):
     @torch.jit.unused
     def _forward_sparse(self, x, mask):
         b, c, hi, wi = x.shape
-        pos = mask.view(-1).nonzero().squeeze(1)
-        nbr_dw = _neighbours(pos, [hi, wi], [hi, wi], self.conv_dw)
-        need1 = _needed(nbr_dw, b * hi * wi)
-        x_rows = _rows(x)
-        h1 = x_rows.index_select(0, need1) @ self.conv_pw.weight.view(self.conv_pw.out_channels, -1).t()
-        if self.conv_pw.bias is not None:
-            h1 = h1 + self.conv_pw.bias
-        h1 = _norm_rows(h1, self.bn1)
-        table1 = _sparse_table(h1, need1, b * hi * wi)
-        h2 = _norm_rows(_conv_rows(table1, _fix_outside(nbr_dw, b * hi * wi), self.conv_dw), self.bn2)
+        pos, nbr_dw, need1 = _kept_and_needed(mask, self.conv_dw, [hi, wi])
+        h1 = _pointwise_rows(_rows(x).index_select(0, need1), self.conv_pw, self.bn1)
+        h2 = _conv_norm_at(h1, need1, nbr_dw, b * hi * wi, self.conv_dw, self.bn2)
         if not isinstance(self.se, nn.Identity):
             h2 = _attend_rows(self.se, h2, pos, [b, h2.shape[1], hi, wi], x)
-        h3 = h2 @ self.conv_pwl.weight.view(self.conv_pwl.out_channels, -1).t()
-        if self.conv_pwl.bias is not None:
-            h3 = h3 + self.conv_pwl.bias
-        h3 = _norm_rows(h3, self.bn3)
+        h3 = _pointwise_rows(h2, self.conv_pwl, self.bn3)
         return _output(_add_at(x, pos, h3), x, [b, c, hi, wi])
 
 
