@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -171,3 +172,20 @@ def study_storage(run_dir: PathLike):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     return JournalStorage(JournalFileBackend(str(Path(run_dir) / STUDY_FILE)))
+
+
+class PickledState:
+    """``save``/``restore`` of Ray Tune's searcher and scheduler checkpoints: the object's
+    ``__dict__``, pickled. First in a class's bases, so that these replace Ray's abstract ones.
+
+    Ray calls them with files in the experiment folder it wrote itself (for ``--resume``), as
+    with Ray's own schedulers; they never read a file a user names.
+    """
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__dict__, file)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))

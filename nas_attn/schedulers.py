@@ -45,12 +45,12 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
 from nas_attn.pareto import crowding_distance, non_dominated_sort, validate_directions
+from nas_attn.results import PickledState
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -123,7 +123,7 @@ def _check_positive_number(name: str, value) -> None:
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
 
 
-class MultiObjectiveASHA(FIFOScheduler):
+class MultiObjectiveASHA(PickledState, FIFOScheduler):
     """Asynchronous successive halving over several objectives (see module docstring).
 
     Args:
@@ -285,13 +285,3 @@ class MultiObjectiveASHA(FIFOScheduler):
             f"Using MultiObjectiveASHA over {list(self.metrics)} ({list(self.modes)}): "
             f"num_stopped={len(self.stopped)}; rungs: {rungs or 'none'}"
         )
-
-    def save(self, checkpoint_path: str):
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
-
-    def restore(self, checkpoint_path: str):
-        # Only ever reads the checkpoint this scheduler wrote for Tune's experiment
-        # restore, as Ray's own schedulers do.
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))

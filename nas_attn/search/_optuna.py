@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from typing import Any, Dict, List, Optional
 
-from ..results import read_trials, trial_status
+from ..results import PickledState, read_trials, trial_status
 from ..samplers import sampler_settings
 from ..space import SearchSpace
 from ._base import SearchError
@@ -62,7 +61,9 @@ def searcher_class():
     import optuna
     from ray.tune.search import Searcher
 
-    class StudySearcher(Searcher):
+    # Ray checkpoints the searcher with the experiment (for --resume): the study (its storage is
+    # the journal file), the sampler's state and the trials asked so far (PickledState).
+    class StudySearcher(PickledState, Searcher):
         """A Ray Tune searcher that drives an Optuna study through its public ask/tell API.
 
         Ray's OptunaSearch tells every trial with values as COMPLETE and keeps its study in
@@ -143,15 +144,5 @@ def searcher_class():
                 self._study.tell(ot_trial, values, state=state, skip_if_finished=True)
             except Exception as exc:  # a sampler or storage error must not end the search
                 logging.getLogger(__name__).warning("could not tell trial %s: %s", ot_trial.number, exc)
-
-        # Ray checkpoints the searcher with the experiment (for --resume): the study (its
-        # storage is the journal file), the sampler's state and the trials asked so far.
-        def save(self, checkpoint_path: str):
-            with open(checkpoint_path, "wb") as handle:
-                pickle.dump(self.__dict__, handle)
-
-        def restore(self, checkpoint_path: str):
-            with open(checkpoint_path, "rb") as handle:
-                self.__dict__.update(pickle.load(handle))
 
     return StudySearcher
