@@ -134,8 +134,10 @@ class CPSAM(nn.Module):
         pool_size: side s of PSA's pooled map, int >= 1, in pooled cells (s*s per channel).
         psa: ``"gate"`` (channel gate from the squeezed descriptor, ~C*C MACs) or ``"mix"``
             (S applied to the full map, C*C*H*W MACs).
-        **kwargs: timm pass-through keywords; ``device``/``dtype`` are honoured, the others
-            ignored; anything else raises ``UnknownArgumentError``.
+        device, dtype: where and in what dtype the parameters and buffers are made (timm's
+            factory keywords, passed to every submodule).
+        **kwargs: timm pass-through keywords (act_layer, ...) are accepted and ignored;
+            anything else raises ``UnknownArgumentError``.
     """
 
     HYPERPARAMETERS = {
@@ -146,11 +148,11 @@ class CPSAM(nn.Module):
     }
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 8, pool_size: int = 4, psa: str = "gate",
-                 **kwargs):
+                 device=None, dtype=None, **kwargs):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         reject_unknown("CPSAM", kwargs, self.HYPERPARAMETERS)
         check_values("CPSAM", self.HYPERPARAMETERS, dict(rd_ratio=rd_ratio, pool_size=pool_size, psa=psa))
-        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         self.channels = channels
         self.rd_ratio = float(rd_ratio)
         self.pool_size = int(pool_size)

@@ -200,19 +200,21 @@ class SCA(nn.Module):
         channels: number of input channels C (the parameter count does not depend on it).
         kernel_size: side of each branch's square conv, odd int >= 1, in pixels (channels
             for the two branches whose plane contains C).
-        **kwargs: timm pass-through keywords; ``device``/``dtype`` are honoured, the others
-            (act_layer, rd_ratio, ...) ignored; anything else raises ``UnknownArgumentError``.
+        device, dtype: where and in what dtype the parameters and buffers are made (timm's
+            factory keywords, passed to every submodule).
+        **kwargs: timm pass-through keywords (act_layer, rd_ratio, ...) are accepted and
+            ignored; anything else raises ``UnknownArgumentError``.
     """
 
     HYPERPARAMETERS = {
         "kernel_size": int_spec(7, 1, None, odd=True, doc="branch conv size (pixels/channels)"),
     }
 
-    def __init__(self, channels: int, kernel_size: int = 7, **kwargs):
+    def __init__(self, channels: int, kernel_size: int = 7, device=None, dtype=None, **kwargs):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         reject_unknown("SCA", kwargs, self.HYPERPARAMETERS)
         check_values("SCA", self.HYPERPARAMETERS, dict(kernel_size=kernel_size))
-        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         self.channels = channels
         self.kernel_size = int(kernel_size)
         self.gate_cw = PlaneGate(self.kernel_size, **dd)
