@@ -25,12 +25,16 @@ import pytest  # noqa: E402  (after the environment above, which must come befor
 
 def make_tiny_space(name="tiny_digits", epochs=1, trials=5, seed=1, concurrent=2,
                     attention="{choices: [none, se, dsa], dsa: {threshold: {float: [0.0, 0.8]}}}",
-                    aw_conv=None, constraints="{max_params: 11176000}", plugins=()):
-    """YAML of the tiny space the search, export, trial and plugin tests run: resnet18 at 16x16
-    on digits, blocks layer1.* searched, random sampler. Arguments are the values they vary."""
+                    aw_conv=None, constraints="{max_params: 712300}", plugins=()):
+    """YAML of the tiny space the search, export, trial and plugin tests run: resnet18 at a
+    quarter of its width (channels 16-128, 712,234 parameters, 1.26 M MACs at 16x16; one
+    epoch on digits takes ~2 s on one core, against ~14 s at full width) on digits at 16x16,
+    blocks layer1.* searched, random sampler. Arguments are the values they vary. The default
+    ``max_params`` (baseline + 66) makes any SE trial infeasible: an SE in a 16-channel block
+    adds 280 parameters, DSA none."""
     lines = [f"name: {name}",
              *([f"plugins: [{', '.join(plugins)}]"] if plugins else []),
-             "model: {name: resnet18, args: {num_classes: 10, in_chans: 1}}",
+             "model: {name: resnet18, args: {num_classes: 10, in_chans: 1, channels: [16, 32, 64, 128]}}",
              "data: {dataset: digits, image_size: 16, val_fraction: 0.2}",
              f"train: {{epochs: {epochs}, batch_size: 64, lr: 0.05}}",
              "objectives:",
@@ -50,3 +54,70 @@ def make_tiny_space(name="tiny_digits", epochs=1, trials=5, seed=1, concurrent=2
 def tiny_space():
     """:func:`make_tiny_space`: call it with the values a test varies."""
     return make_tiny_space
+
+
+def start_shared_ray():
+    """Start this session's local Ray (2 CPUs, token authentication, loopback, no dashboard:
+    the product's own :func:`nas_attn.cluster.start_local`) unless one is running.
+
+    ``search.run`` uses a Ray it finds initialized and leaves it running, so the tests that run
+    local searches in this process pay Ray's start-up and shut-down (~5-8 s) once, not once per
+    search; each search still starts its own trial actors, as a real one does.
+    """
+    import ray
+    if not ray.is_initialized():
+        from nas_attn.cluster import start_local
+        start_local(num_cpus=2, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def _ray_for_the_session():
+    yield
+    import sys
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+@pytest.fixture
+def shared_ray(_ray_for_the_session):
+    """The session's local Ray (:func:`start_shared_ray`), started again if a test ended it."""
+    start_shared_ray()
+
+
+@pytest.fixture
+def no_shared_ray(_ray_for_the_session):
+    """No Ray in this process: for tests that connect to a cluster of their own (a driver can be
+    connected to one Ray at a time); the next ``shared_ray`` test starts the local one again."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+class CliResult:
+    """What a ``nas-attn`` command printed and returned (the fields of subprocess's result)."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli_in_process(*args) -> CliResult:
+    """``nas-attn ARGS`` through :func:`nas_attn.cli.main` in this process.
+
+    A fresh interpreter per command costs the ~5 s of importing torch and timm; tests that check
+    what a command prints and returns need none of that. An exception that escapes ``main``
+    (what a user would see as a traceback) fails the calling test with it. Tests about imports,
+    installs or fresh processes keep running ``python -m nas_attn.cli`` in a subprocess.
+    """
+    import contextlib
+    import io
+    from nas_attn.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse: --help (0) and bad flags (2)
+            code = exc.code
+    return CliResult(code, out.getvalue(), err.getvalue())

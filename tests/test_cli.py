@@ -1,17 +1,16 @@
 """The small CLI commands: modules, cost (with --attn, --json, --latency), latency itself."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from conftest import run_cli_in_process
 from nas_attn.latency import measure_latency
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "nas_attn.cli", *args], capture_output=True, text=True, timeout=300)
+    return run_cli_in_process(*args)
 
 
 def test_cost_json_has_the_documented_keys_and_the_overhead_adds_up():

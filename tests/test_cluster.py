@@ -18,8 +18,9 @@ from nas_attn.cluster import ClusterError
 
 
 @pytest.fixture
-def no_token(monkeypatch, tmp_path):
-    """A user with no Ray token anywhere and RAY_AUTH_MODE unset."""
+def no_token(monkeypatch, tmp_path, no_shared_ray):
+    """A user with no Ray token anywhere and RAY_AUTH_MODE unset, and no Ray running in this
+    process (the session's shared one is stopped: a search would use it)."""
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -150,35 +151,6 @@ _CLIENT = textwrap.dedent("""\
     """)
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux /proc")
-def test_a_local_search_ray_listens_on_loopback_and_refuses_clients_without_the_token(tmp_path):
-    assert not ray.is_initialized()
-    cluster.start_local(num_cpus=1, verbose=False)
-    try:
-        gcs_address = ray.get_runtime_context().gcs_address
-        assert gcs_address.rsplit(":", 1)[0] == cluster.LOOPBACK
-        assert cluster.node_addresses() == [cluster.LOOPBACK]
-        assert cluster.unauthenticated_nodes() == []
-        sockets = _listening_sockets_of(_descendants(os.getpid()))
-        assert len(sockets) >= 3, sockets  # at least the GCS, the raylet and this driver
-        assert {host for host, _ in sockets} == {cluster.LOOPBACK}, sockets
-
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-        # Ray retries a refused connection for 20 s; the refusal itself is immediate.
-        clean.update(HOME=str(tmp_path), RAY_py_gcs_connect_timeout_s="3", RAY_NUM_REDIS_GET_RETRIES="1")
-        refused = subprocess.run([sys.executable, "-c", _CLIENT, gcs_address], env=clean,
-                                 capture_output=True, text=True, timeout=120)
-        assert refused.returncode != 0 and "CONNECTED" not in refused.stdout
-        assert "InvalidAuthToken" in refused.stderr or "AuthenticationError" in refused.stderr, refused.stderr[-2000:]
-
-        with_token = subprocess.run([sys.executable, "-c", _CLIENT, gcs_address],
-                                    env=dict(os.environ),
-                                    capture_output=True, text=True, timeout=120)
-        assert "CONNECTED" in with_token.stdout, with_token.stderr[-2000:]
-    finally:
-        ray.shutdown()
-
-
 _INSECURE_HEAD = textwrap.dedent("""\
     import sys
     from ray.cluster_utils import Cluster
@@ -189,7 +161,7 @@ _INSECURE_HEAD = textwrap.dedent("""\
     """)
 
 
-def test_joining_a_cluster_that_runs_without_authentication_is_refused():
+def test_joining_a_cluster_that_runs_without_authentication_is_refused(no_shared_ray):
     # The one place the suite starts Ray without authentication, in a child process (Ray fixes
     # a process's auth mode when it is imported): a head node on loopback only (conftest's
     # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), to show that nas-attn will not use such a cluster.
@@ -209,6 +181,35 @@ def test_joining_a_cluster_that_runs_without_authentication_is_refused():
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux /proc")
+def test_a_local_search_ray_listens_on_loopback_and_refuses_clients_without_the_token(tmp_path, _ray_for_the_session):
+    # Started afresh, the way a search starts it, so that the sockets read below are this call's;
+    # left running as the session's shared Ray (conftest's shared_ray) for the searches after it.
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster.start_local(num_cpus=2, verbose=False)
+    gcs_address = ray.get_runtime_context().gcs_address
+    assert gcs_address.rsplit(":", 1)[0] == cluster.LOOPBACK
+    assert cluster.node_addresses() == [cluster.LOOPBACK]
+    assert cluster.unauthenticated_nodes() == []
+    sockets = _listening_sockets_of(_descendants(os.getpid()))
+    assert len(sockets) >= 3, sockets  # at least the GCS, the raylet and this driver
+    assert {host for host, _ in sockets} == {cluster.LOOPBACK}, sockets
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    # Ray retries a refused connection for 20 s; the refusal itself is immediate.
+    clean.update(HOME=str(tmp_path), RAY_py_gcs_connect_timeout_s="3", RAY_NUM_REDIS_GET_RETRIES="1")
+    refused = subprocess.run([sys.executable, "-c", _CLIENT, gcs_address], env=clean,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "CONNECTED" not in refused.stdout
+    assert "InvalidAuthToken" in refused.stderr or "AuthenticationError" in refused.stderr, refused.stderr[-2000:]
+
+    with_token = subprocess.run([sys.executable, "-c", _CLIENT, gcs_address],
+                                env=dict(os.environ),
+                                capture_output=True, text=True, timeout=120)
+    assert "CONNECTED" in with_token.stdout, with_token.stderr[-2000:]
 
 
 def _orphan(binary, session_dir):

@@ -9,14 +9,17 @@ import pytest
 from nas_attn import results, search
 from nas_attn.export import ExportError, export, select
 
+from conftest import start_shared_ray
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_space):
+def run_dir(tmp_path_factory, tiny_space, _ray_for_the_session):
     # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (loopback only) and the token are set for the whole
     # session by conftest.py; setting os.environ here leaked into every later test.
     root = tmp_path_factory.mktemp("export")
     path = root / "space.yaml"
     path.write_text(tiny_space(name="export_digits", attention="{choices: [none, dsa, sca]}",
                                aw_conv="{choices: [false, true]}", constraints=None, trials=3, seed=2))
+    start_shared_ray()
     result = search.run(str(path), out=str(root / "run"), num_cpus=2)
     assert all(r["status"] == "ok" for r in result.trials)
     return result.run_dir

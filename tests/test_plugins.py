@@ -40,7 +40,7 @@ PLUGIN = textwrap.dedent('''\
 
 SPACE = textwrap.dedent("""\
     name: plugin_digits
-    {plugins}model: {{name: resnet18, args: {{num_classes: 10, in_chans: 1}}}}
+    {plugins}model: {{name: resnet18, args: {{num_classes: 10, in_chans: 1, channels: [16, 32, 64, 128]}}}}
     data: {{dataset: digits, image_size: 16, val_fraction: 0.2}}
     train: {{epochs: 1, batch_size: 64, lr: 0.05}}
     objectives:
@@ -140,7 +140,7 @@ def test_plugin_is_searched_costed_exported_and_reloaded_in_fresh_processes(plug
     for r in records:  # both blocks of layer1 carry the plugin, costed like any module
         assert {b["attention"] for b in r["arch"]["blocks"].values()} == {"gain_attn"}
         assert 0.5 <= r["arch"]["blocks"]["layer1.0"]["attention_kwargs"]["gain"] <= 2.0
-        assert r["metrics"]["params"] == 11175370 + 2 * (64 + 1)
+        assert r["metrics"]["params"] == 712234 + 2 * (16 + 1)  # a gain and a bias per channel of the 16-channel layer1
     assert "plugpkg.my_attention" in (out / "space.yaml").read_text()  # --resume and export find it
 
     exported = run_cli("export", str(out), "--out", str(tmp_path / "models"), "--trial", "0", env=env)

@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import run_cli_in_process
 from nas_attn import space as space_mod
 from nas_attn.space import SpaceError, load, loads
 
@@ -194,7 +195,7 @@ def test_arch_is_json_serialisable(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "nas_attn.cli", *args], capture_output=True, text=True, timeout=300)
+    return run_cli_in_process(*args)
 
 
 def test_validate_prints_summary_and_exits_zero():

@@ -116,6 +116,11 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
             prepare_local_environment()
         except ClusterError as exc:
             raise SearchError(str(exc)) from None
+    if address is not None and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        # A driver talks to one Ray at a time: searching the one already running would
+        # silently ignore --address.
+        raise SearchError(f"--address {address}: this process is already connected to Ray; "
+                          f"call ray.shutdown() before searching on another cluster")
     _check_address(address)
     try:
         import_plugins(plugins)  # before the space is read: it may name the modules they register
