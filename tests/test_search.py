@@ -141,8 +141,7 @@ def test_a_search_spreads_over_two_nodes_and_a_node_lost_mid_search_is_retried(
             # The event: a result.json line (Tune's JSON logger writes one per epoch report) from
             # a trial on the worker node at epoch 1 of 3. That trial is then mid-way, so removing
             # the node now always loses a running trial (a node merely idle would prove nothing).
-            deadline = time.time() + 300
-            while time.time() < deadline:
+            while not search_done.is_set():
                 for result in (out / "ray").glob("trial_*/result.json"):
                     reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
                     if any(r.get("node_id") == worker.node_id and r.get("epoch", 3) < 3 for r in reports):
@@ -151,11 +150,14 @@ def test_a_search_spreads_over_two_nodes_and_a_node_lost_mid_search_is_retried(
                         return
                 time.sleep(0.1)
 
-        killed = threading.Event()
+        killed, search_done = threading.Event(), threading.Event()
         killer = threading.Thread(target=kill_worker_node, daemon=True)
         killer.start()
-        search.run(space, out=str(out), address=cluster.address, trials=4)
-        killer.join()
+        try:
+            search.run(space, out=str(out), address=cluster.address, trials=4)
+        finally:
+            search_done.set()
+            killer.join()
         assert killed.is_set(), "no trial ever reported from the second node"
         records, _, _ = check_files_agree(out, 4)
         assert all(r["status"] == "ok" for r in records)
