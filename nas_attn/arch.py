@@ -145,6 +145,19 @@ def block_has_shortcut(block: nn.Module) -> bool:
     return hasattr(block, "downsample")  # timm BasicBlock / Bottleneck
 
 
+def slot_may_prune(block: nn.Module) -> bool:
+    """Whether pixels zeroed in the block's attention slot leave the block as its shortcut's value.
+
+    True for timm's ResNet blocks: the slot sits after the last BN, right before the residual
+    add. False for MobileNetV2/EfficientNet blocks: their slot feeds the 1x1 projection and its
+    BatchNorm, which would normalise the pruned zeros with the live pixels and pass its shift
+    on at pruned pixels (and the first block of a stage has no shortcut at all). DSA prunes
+    only where this is True (see :class:`~nas_attn.modules.DSA`, rule 7); the DSA gate prunes
+    the whole residual branch of an inverted residual instead.
+    """
+    return block_has_shortcut(block) and not hasattr(block, "has_skip")
+
+
 def _device_of(model: nn.Module) -> torch.device:
     """Where the model's weights live (models built on the meta device are traced there)."""
     first = next(model.parameters(), None)
@@ -284,8 +297,8 @@ def build_model(arch: Arch, **model_overrides) -> nn.Module:
                             f"its blocks are {', '.join(sites)}")
         attention = choice.get("attention", "none")
         attn = create_attn(attention, site.channels, **choice.get("attention_kwargs", {}))
-        if attn is not None and hasattr(attn, "block_has_shortcut"):
-            attn.block_has_shortcut = block_has_shortcut(site.block)  # DSA prunes only there
+        if attn is not None and hasattr(attn, "block_allows_pruning"):
+            attn.block_allows_pruning = slot_may_prune(site.block)  # DSA's rule 7
         if attn is None and isinstance(model, EfficientNet):
             attn = nn.Identity()  # EfficientNet blocks call self.se unconditionally
         setattr(site.block, site.slot_attr, attn)

@@ -47,6 +47,12 @@ def check_slot(slot, attention, kwargs, channels):
 
 @pytest.mark.parametrize("model_name", FAMILIES)
 def test_every_family_builds_runs_and_learns(model_name):
+    # Seeded, so the outcome does not hang on the tests that ran before. With a batch of 2 the
+    # BatchNorms of MobileNetV2's 1x1 late stages give gradients of 1e8 and more at init, and
+    # whether one SGD step then lowers the loss is close to a coin flip: measured over unseeded
+    # inits of this arch (issue 11), 1-2 in 12 fail at batch 2 and 7 in 12 at batch 4, before and
+    # after DSA's gain normalisation alike.
+    torch.manual_seed(1)
     arch = full_arch(model_name)
     model = build_model(arch)
     sites = attention_sites(model)

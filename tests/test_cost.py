@@ -250,12 +250,15 @@ def test_dsa_elementwise_ops_by_hand(kwargs, extra):
     #   ~informative; mask | ~informative             1 + n
     #   kept fraction: mask.float().mean()            n
     #   reweight: 1 + a_fg; mask * (1 + a_fg)         2n
+    #   gain (issue 11): sum of scale over HW, count  n + n
+    #     of kept pixels, clamp, divide, clamp        3 (one value each)
+    #   scale / gain                                  n
     #   x * scale                                     c*n
-    expected = 2 * c * n + 10 * n + 4
+    expected = 2 * c * n + 13 * n + 7
     if extra == "mean_max":
         expected += c * n + 2 * n      # amax over C as well, then 0.5 * (mean + max)
     if extra == "no_reweight":
-        expected -= 2 * n
+        expected -= 5 * n + 3
     assert cost.elementwise_ops == expected
     assert cost.macs == 0 and cost.params == 0
     assert cost.uncounted_ops == ()
@@ -284,7 +287,8 @@ def test_dsa_effective_macs_mobilenetv2():
     a_fg = (s - low) / (high - low + block.se.eps)
     mask = a_fg >= 0.5
     assert f == pytest.approx(mask.float().mean().item(), abs=1e-6)
-    torch.testing.assert_close(out, x * mask * (1 + a_fg))  # what it kept is what it passed on
+    w = mask * (1 + a_fg)  # kept pixels reweighted to an average gain of 1 (DSA rule 6)
+    torch.testing.assert_close(out, x * w / (w.sum((2, 3), keepdim=True) / mask.sum((2, 3), keepdim=True)))
     pwl = block.conv_pwl.in_channels * block.conv_pwl.out_channels * 8 * 8  # 192*32*64
     assert pwl == 393216
     assert cost.effective_macs == pytest.approx(cost.macs - (1 - f) * pwl)

@@ -75,8 +75,8 @@ class DSAGate(DSA):
 
     HYPERPARAMETERS = {
         # A gate only masks the branch (no reweighting), and gates only blocks with a
-        # shortcut, so DSA's reweight and prune_without_shortcut do not apply.
-        **{k: v for k, v in DSA.HYPERPARAMETERS.items() if k not in ("reweight", "prune_without_shortcut")},
+        # shortcut, so DSA's reweight and prune_everywhere do not apply.
+        **{k: v for k, v in DSA.HYPERPARAMETERS.items() if k not in ("reweight", "prune_everywhere")},
         "sparse": bool_spec(True, doc="eval mode computes only kept pixels (gather/scatter)"),
     }
     # Declared for TorchScript (it types an attribute by its first value, None); real
