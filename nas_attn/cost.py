@@ -96,9 +96,21 @@ through its stride, as DynConv dilates its masks; a 1x1 stride-1 conv keeps the 
 convolution (the ops run by the module ``block.conv1`` etc.) are scaled by its fraction. The
 shortcut (identity or downsample conv) is never scaled, nor is attention in the block's slot
 (it runs on the whole, partly zero, map). A DSA in the slot and a gate on the same conv: the
-smaller fraction is used, as above. The counting pass itself runs the dense masked path, so
-the MAC count is the model's dense count. The gates' kept fractions appear in ``dsa_kept``
-under their module path (``layer1.0.gate``), the per-conv fractions in ``gated``.
+smaller fraction is used, as above. An AW-conv as a branch conv: its folded convolution is
+scaled, its weight modulation (per weight, not per pixel) and its attention MLP (child modules)
+are not. The counting pass itself runs the dense masked path, so the MAC count is the model's
+dense count. The gates' kept fractions appear in ``dsa_kept`` under their module path
+(``layer1.0.gate``), the per-conv fractions in ``gated``.
+
+What torch's FlopCounterMode sees of the sparse eval path (tests/test_cost_reference.py checks
+it): a block that runs sparse computes its 1x1 and dense k x k branch convs as matrix products
+at exactly the pixels above, so FlopCounterMode's MACs for that block equal its effective
+MACs here, except that the depthwise conv of an inverted residual runs as per-tap
+multiply-adds (``addcmul``), which FlopCounterMode does not count. Gathers, the mask's
+dilation and the index arithmetic are no MACs for either. A gated block runs dense (and
+FlopCounterMode sees its dense MACs) when its mask keeps more than ``sparse_max_kept`` of the
+pixels or a branch conv is not a plain ``nn.Conv2d`` (AW-conv); its effective MACs are still
+what a sparse computation would need.
 """
 from __future__ import annotations
 
@@ -449,6 +461,8 @@ class _OpCounter(TorchDispatchMode):
         self._lineage: Dict[int, Tuple[weakref.ref, frozenset]] = {}
         # path -> frozenset of DSA paths scaling these MACs -> MACs
         self.macs: Dict[str, Dict[frozenset, int]] = defaultdict(lambda: defaultdict(int))
+        # path -> MACs per weight, not per pixel (AW-conv's modulation): no pruning scales them
+        self.weight_macs: Dict[str, int] = defaultdict(int)
         self.ops: Dict[str, int] = defaultdict(int)
         self.uncounted: set = set()
 
@@ -518,11 +532,11 @@ class _OpCounter(TorchDispatchMode):
             # modulation W' = K + A (.) K: one multiply-accumulate per element of the
             # per-sample kernels it produces (B x C_out x C_in/groups x k x k), once per
             # chunk of the batch. Its outputs are marked, so a modulation written as several
-            # ops (A * K, then + K) is counted once. It is per weight, not per pixel, so a
-            # DSA upstream does not scale it.
+            # ops (A * K, then + K) is counted once. It is per weight, not per pixel, so
+            # neither a DSA upstream nor a DSA gate on this conv scales it.
             self.add_tags(out, frozenset({(_AW_MOD, path)}))
             if (_AW_MOD, path) not in tags:
-                self.macs[path][frozenset()] += _first_tensor(out).numel()
+                self.weight_macs[path] += _first_tensor(out).numel()
             ops = 0
         if macs:
             scaling = frozenset(
@@ -641,9 +655,10 @@ def _count_forward(
     by_module: Dict[str, ModuleCost] = {}
     total_macs = total_ops = 0
     total_eff = 0.0
-    for path in set(counter.macs) | set(counter.ops):
+    for path in set(counter.macs) | set(counter.ops) | set(counter.weight_macs):
         macs = sum(counter.macs[path].values()) if path in counter.macs else 0
-        eff = 0.0
+        macs += counter.weight_macs.get(path, 0)
+        eff = float(counter.weight_macs.get(path, 0))
         for dsas, m in counter.macs.get(path, {}).items():
             scale = min((kept[d] for d in dsas if d in kept), default=1.0)
             eff += m * min(scale, gated.get(path, 1.0))
