@@ -48,8 +48,11 @@ def parse_sets(items):
         module, _, name = key.partition(".")
         if not name or not _:
             raise SystemExit(f"--set expects MODULE.KEY=VALUE, got {item!r}")
-        sets.setdefault(module, {})[name] = json.loads(value) if value not in ("mean", "max", "mean_max",
-                                                                                "gate", "mix") else value
+        try:
+            parsed = json.loads(value)  # numbers, true/false
+        except json.JSONDecodeError:
+            parsed = value  # a bare word: a choice such as mean or gate
+        sets.setdefault(module, {})[name] = parsed
     return sets
 
 
