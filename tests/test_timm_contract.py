@@ -128,16 +128,21 @@ def test_default_cfg_contract(name):
 
 @pytest.mark.parametrize("name", ARCHS)
 def test_torchscript_gives_the_eager_outputs(name):
+    # Seeded: the initial weights used to follow whatever the earlier tests drew, and with
+    # some of them MobileNetV2's scripted output differed from eager by 1.7e-5 (float32
+    # through ~20 layers, TorchScript's own kernels), over a 1e-5 bar; 1e-4 is the bar of
+    # every other eager-vs-exported check in this file.
+    torch.manual_seed(0)
     with set_scriptable(True):
         model = enliven(make(name))
     scripted = torch.jit.script(model)
     x = images()
     model.eval(), scripted.eval()
     with torch.no_grad():
-        close(scripted(x), model(x), 1e-5)
+        close(scripted(x), model(x))
     # training mode too: batch statistics, DSA's masks and AW-conv's kernels on the batch
     model.train(), scripted.train()
-    close(scripted(x), model(x), 1e-5)
+    close(scripted(x), model(x))
 
 
 def check_features(backbone, x, out_indices):
