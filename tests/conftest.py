@@ -96,15 +96,9 @@ def no_shared_ray(_ray_for_the_session):
         ray.shutdown()
 
 
-class CliResult:
-    """What a ``nas-attn`` command printed and returned (the fields of subprocess's result)."""
-
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def run_cli_in_process(*args) -> CliResult:
-    """``nas-attn ARGS`` through :func:`nas_attn.cli.main` in this process.
+def run_cli_in_process(*args):
+    """``nas-attn ARGS`` through :func:`nas_attn.cli.main` in this process, returned as the
+    ``subprocess.CompletedProcess`` a ``subprocess.run`` of the same command would give.
 
     A fresh interpreter per command costs the ~5 s of importing torch and timm; tests that check
     what a command prints and returns need none of that. An exception that escapes ``main``
@@ -113,6 +107,7 @@ def run_cli_in_process(*args) -> CliResult:
     """
     import contextlib
     import io
+    import subprocess
     from nas_attn.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -120,4 +115,4 @@ def run_cli_in_process(*args) -> CliResult:
             code = main([str(a) for a in args])
         except SystemExit as exc:  # argparse: --help (0) and bad flags (2)
             code = exc.code
-    return CliResult(code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["nas-attn", *map(str, args)], code, out.getvalue(), err.getvalue())

@@ -5,12 +5,8 @@ import math
 import pytest
 import torch
 
-from conftest import run_cli_in_process
+from conftest import run_cli_in_process as run_cli
 from nas_attn.latency import measure_latency
-
-
-def run_cli(*args):
-    return run_cli_in_process(*args)
 
 
 def test_cost_json_has_the_documented_keys_and_the_overhead_adds_up():

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import run_cli_in_process
+from conftest import run_cli_in_process as run_cli
 from nas_attn import space as space_mod
 from nas_attn.space import SpaceError, load, loads
 
@@ -192,10 +192,6 @@ def test_arch_is_json_serialisable(tmp_path):
     space = load(write(tmp_path, GOOD))
     for arch, _ in sample_many(space, n=10):
         assert json.loads(json.dumps(arch)) == arch
-
-
-def run_cli(*args):
-    return run_cli_in_process(*args)
 
 
 def test_validate_prints_summary_and_exits_zero():
