@@ -43,8 +43,6 @@ def tiny_space_file(tmp_path, tiny_yaml):
     return path
 
 
-
-
 def check_files_agree(run_dir: Path, budget: int, contiguous: bool = True):
     records = results.read_trials(run_dir)
     assert len(records) == budget

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
@@ -108,7 +109,8 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
     cluster that runs without it. ``plugins`` names modules that register attention modules
     (:mod:`nas_attn.plugins`); they join the space's ``plugins`` and are imported in every worker.
     """
-    if address is None and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+    connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if address is None and not connected:
         # First: before any work, and before `import ray`, which reads whether a new node may
         # take 127.0.0.1 only then.
         from ..cluster import ClusterError, prepare_local_environment
@@ -116,7 +118,7 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
             prepare_local_environment()
         except ClusterError as exc:
             raise SearchError(str(exc)) from None
-    if address is not None and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+    if address is not None and connected:
         # A driver talks to one Ray at a time: searching the one already running would
         # silently ignore --address.
         raise SearchError(f"--address {address}: this process is already connected to Ray; "
@@ -263,10 +265,7 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
 
 
 def _status_counts(records) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for record in records:
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
-    return counts
+    return Counter(record["status"] for record in records)
 
 
 def check_resources(per_trial: Dict[str, float], cluster: Dict[str, float]) -> None:
