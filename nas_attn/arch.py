@@ -55,6 +55,7 @@ from timm.models.resnet import ResNet
 
 from ._timm_entry import nas_attn_cnn  # noqa: F401  (registered with timm there; re-exported)
 from .modules import AWConv2d, create_attn, gate_block, why_not_gateable
+from .names import STEMS, stage_of  # noqa: F401  (re-exported)
 
 ENTRYPOINT = "nas_attn_cnn"
 ARCH_KEYS = ("model", "model_args", "stem", "blocks", "arch_def")
@@ -65,7 +66,6 @@ MOBILENETV2_MULTIPLIERS = {"mobilenetv2_035": 0.35, "mobilenetv2_050": 0.5, "mob
 MOBILENETV2_ARCH_DEF = (("ds_r1_k3_s1_c16",), ("ir_r2_k3_s2_e6_c24",), ("ir_r3_k3_s2_e6_c32",),
                         ("ir_r4_k3_s2_e6_c64",), ("ir_r3_k3_s1_e6_c96",), ("ir_r3_k3_s2_e6_c160",),
                         ("ir_r1_k3_s1_e6_c320",))
-STEMS = ("default", "cifar")
 Arch = Dict[str, Any]
 
 # pretrained_cfg keys that locate the base model's published weights: they do not apply to a
@@ -94,11 +94,6 @@ class AttentionSite:
     def stage(self) -> str:
         """The stage this block belongs to (see :func:`stage_of`)."""
         return stage_of(self.block_name)
-
-
-def stage_of(block: str) -> str:
-    """``layer2.1`` -> ``layer2``; ``blocks.4.0`` -> ``blocks.4``; a name without a dot is its own stage."""
-    return block.rsplit(".", 1)[0] if "." in block else block
 
 
 def family(model: nn.Module) -> str:

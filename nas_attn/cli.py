@@ -64,8 +64,14 @@ def _non_negative_float(text: str) -> float:
 # commands
 
 def cmd_search(args) -> int:
+    space = args.space
+    if args.resume is None:
+        # The space first: its first pass needs neither torch nor Ray, so a typo in it is
+        # reported in well under a second instead of after the search's imports.
+        from .space import load
+        space = load(args.space)
     from .search import run
-    result = run(args.space, trials=args.trials, concurrent=args.concurrent, epochs=args.epochs, sampler=args.sampler,
+    result = run(space, trials=args.trials, concurrent=args.concurrent, epochs=args.epochs, sampler=args.sampler,
         seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         address=args.address, out=args.out, resume=args.resume, data_root=args.data_root,
         early_stopping=args.early_stopping, confirm=args.confirm, verbose=args.verbose,
@@ -76,17 +82,18 @@ def cmd_search(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .describe import describe_space
     from .space import load
-    space = load(args.space)
+    space = load(args.space)  # before describe, which imports torch: see cmd_search
+    from .describe import describe_space
     print(describe_space(space, detail=False))
     return 0
 
 
 def cmd_space_show(args) -> int:
-    from .describe import describe_space
     from .space import load
-    print(describe_space(load(args.space), detail=True))
+    space = load(args.space)
+    from .describe import describe_space
+    print(describe_space(space, detail=True))
     return 0
 
 

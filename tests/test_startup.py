@@ -42,6 +42,22 @@ def test_validate_imports_no_ray_and_user_errors_still_exit_2(tmp_path):
     assert not loaded & {"ray", "optuna"}, loaded & {"ray", "optuna"}
 
 
+def test_a_mistake_in_a_section_is_reported_before_torch_or_ray_load(tmp_path):
+    # The first pass of the space check reads only the YAML; torch and timm take seconds to
+    # import, so validate, space show and search report such mistakes without them.
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("name: typo\nmodel: {name: resnet18, args: {in_chans: 1}}\n"
+                   "train: {epochs: 4, batchsize: 64}\nblocks: {}\n")
+    loaded = _loaded_after(
+        "import contextlib, io\nfrom nas_attn.cli import main\n"
+        "for argv in (['validate'], ['space', 'show'], ['search', '--space']):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        f"        assert main(argv + [{str(bad)!r}]) == 2, argv\n"
+        "    assert 'typo.yaml:3: train.batchsize' in err.getvalue(), err.getvalue()")
+    assert not loaded & set(HEAVY), loaded & set(HEAVY)
+
+
 def test_import_nas_attn_registers_the_timm_entrypoint():
     check = ("\nassert timm.is_model('nas_attn_cnn'), 'not registered'\n"
              "m = timm.create_model('nas_attn_cnn', arch={'model': 'resnet18', 'model_args': {'num_classes': 3}, "

@@ -68,6 +68,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..names import DATASETS
 from ._cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, CIFAR_URL, _load_cifar
 from ._datasets import DataBundle, FileImageDataset, TensorImageDataset, _in_memory_bundle
 from ._digits import (CLUTTER_CANVAS, CLUTTER_DIGIT_SIZE, CLUTTER_FRAGMENT_GAIN, CLUTTER_FRAGMENT_WINDOW,
@@ -112,8 +113,6 @@ __all__ = [
     "CLUTTER_SEED",
     "CLUTTER_VAL_FRACTION",
 ]
-
-DATASETS = ("digits", "cluttered_digits", "cifar10", "cifar100", "imagefolder")
 
 
 def normalization(dataset: str):

@@ -7,8 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-from .. import modules as attn_modules
-from ..arch import stage_of
+from ..names import stage_of
 from ._errors import _Checker, _did_you_mean, _kind
 from ._knobs import BLOCK_KNOBS, _parse_knob
 from ._params import Param, _check_module_kwargs, _parse_param
@@ -43,6 +42,7 @@ def _parse_block_rule(glob, value, path, check: _Checker) -> BlockRule:
         names = spec["choices"]
         if not isinstance(names, list) or not names:
             check.fail(apath + ("choices",), f"expected a non-empty list of module names, got {_kind(names)}")
+        from .. import modules as attn_modules  # second pass: the registry imports torch and timm
         valid = [n for n in attn_modules.available() if n != "aw_conv"]
         for i, name in enumerate(names):
             if name == "aw_conv":
@@ -144,6 +144,7 @@ def _blocks_section(doc: dict, check: _Checker):
 
 def _check_gateable(decisions: List[Decision], sites, check: _Checker) -> None:
     """A rule that may gate a block must match only blocks that can take a DSA gate."""
+    from .. import modules as attn_modules
     for decision in decisions:
         if True not in decision.rule.gate:
             continue

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from ..arch import MOBILENETV2_MULTIPLIERS, mobilenetv2_arch_def, stage_of
+from ..names import stage_of
 from ._errors import _Checker, _kind
 from ._params import Param, _knob_values, _parse_param
 
@@ -76,6 +76,7 @@ def _stages(probe, model_family: str, model_name: str, args: dict, block_names: 
             stage_rules: List[StageRule], rules: list, check: _Checker):
     """The base model's stages (name, channels, blocks) with the stage rule owning each, and
     for MobileNetV2 its per-block timm block strings."""
+    from ..arch import MOBILENETV2_MULTIPLIERS, mobilenetv2_arch_def  # second pass: timm
     needs_knobs = bool(stage_rules) or any(r.knobs for r in rules)
     base_arch_def = None
     names = list(dict.fromkeys(stage_of(b) for b in block_names))

@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict
 
-from .. import modules as attn_modules
 from ._errors import _Checker, _did_you_mean, _kind
 
 
@@ -89,6 +88,7 @@ def _parse_param(value, path, check: _Checker) -> Param:
 
 def _check_module_kwargs(module: str, params: Dict[str, Param], path, check: _Checker):
     """Every value a hyperparameter can take must be valid for the module, before any trial."""
+    from .. import modules as attn_modules  # second pass: the registry imports torch and timm
     known = attn_modules.HYPERPARAMETERS.get(module, {})
     for hp in params:
         if hp not in known:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-from ..arch import STEMS
 from ..metrics import METRICS
+from ..names import DATASETS, STEMS
 from ..plugins import PluginError, import_plugins
 from ._errors import _Checker, _did_you_mean, _kind
 
@@ -41,11 +41,7 @@ def _plugins_section(doc: dict, check: _Checker) -> List[str]:
 def _model_section(doc: dict, check: _Checker) -> Tuple[dict, int]:
     """(model: name, args, stem and channel_divisor where given; the channel divisor)."""
     model = check.mapping(doc["model"], ("model",), ("name", "args", "stem", "channel_divisor"), required=("name",))
-    import timm
     model_name = check.string(model["name"], ("model", "name"))
-    if not timm.is_model(model_name):
-        check.fail(("model", "name"), f"unknown timm model {model_name!r}"
-                                      f"{_did_you_mean(model_name, timm.list_models())}")
     args = model.get("args", {}) or {}
     if not isinstance(args, dict):
         check.fail(("model", "args"), f"expected a mapping of timm create_model arguments, got {_kind(args)}")
@@ -56,8 +52,15 @@ def _model_section(doc: dict, check: _Checker) -> Tuple[dict, int]:
     return model, divisor
 
 
+def _check_model_name(model: dict, check: _Checker) -> None:
+    """The model must be one of timm's (second pass: importing timm takes seconds)."""
+    import timm
+    if not timm.is_model(model["name"]):
+        check.fail(("model", "name"), f"unknown timm model {model['name']!r}"
+                                      f"{_did_you_mean(model['name'], timm.list_models())}")
+
+
 def _data_section(doc: dict, check: _Checker) -> dict:
-    from ..data import DATASETS
     data = {**DEFAULTS["data"], **check.mapping(doc.get("data", {}) or {}, ("data",), tuple(DEFAULTS["data"]))}
     check.one_of(data["dataset"], ("data", "dataset"), tuple(DATASETS))
     check.number(data["image_size"], ("data", "image_size"), low=1, integer=True)

@@ -6,18 +6,19 @@ import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from ..arch import Arch, build_model
 from ._blocks import Decision, _blocks_section, _check_gateable, _decisions
 from ._errors import _Checker
 from ._knobs import BLOCK_KNOBS, Stage, _block_string, _block_value, _check_knobs, _stages, _stages_section
 from ._params import _knob_values
-from ._probe import _check_against_data, _check_image_size, _probe_model
-from ._sections import (TOP_LEVEL_KEYS, _constraints_section, _data_section, _model_section, _objectives_section,
-                        _plugins_section, _search_section, _train_section)
+from ._sections import (TOP_LEVEL_KEYS, _check_model_name, _constraints_section, _data_section, _model_section,
+                        _objectives_section, _plugins_section, _search_section, _train_section)
+
+if TYPE_CHECKING:
+    from ..arch import Arch
 
 
 @dataclass
@@ -179,6 +180,7 @@ class SearchSpace:
 
     def build(self, arch: Arch):
         """The timm model of an Arch (random init)."""
+        from ..arch import build_model
         return build_model(arch)
 
     @property
@@ -238,7 +240,13 @@ def _plain_choice(decision: "Decision") -> Dict[str, Any]:
 
 
 def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tuple, int]] = None) -> SearchSpace:
-    """Validate a search-space document (the parsed YAML) and build the SearchSpace."""
+    """Validate a search-space document (the parsed YAML) and build the SearchSpace.
+
+    Two passes. The first checks every section's keys, types and ranges with nothing but the
+    YAML: a typo is reported in well under a second. The second imports torch and timm (7 s on
+    a 2-core machine) and checks what needs them: the model name, the attention modules and
+    their hyperparameters, the blocks the globs match, the data against the model.
+    """
     check = _Checker(file, lines or {})
     check.mapping(document, (), TOP_LEVEL_KEYS, required=("model", "blocks"))
     doc = copy.deepcopy(document)
@@ -252,10 +260,14 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     objectives = _objectives_section(doc, check)
     constraints = _constraints_section(doc, check)
     search = _search_section(doc, check)
-
-    # blocks and stages: parse rules, then match them against the real model
-    blocks_doc, rules = _blocks_section(doc, check)
     stages_doc, stage_rules = _stages_section(doc, check)
+
+    # Second pass: torch and timm load here. Blocks: parse the rules (the module registry),
+    # then match them against the real model.
+    from ..arch import build_model
+    from ._probe import _check_against_data, _check_image_size, _probe_model
+    _check_model_name(model, check)
+    blocks_doc, rules = _blocks_section(doc, check)
     probe, sites, model_family = _probe_model(model, check)
     model_name, args, stem = model["name"], model["args"], model["stem"]
     _check_against_data(model_name, args, data, check)
