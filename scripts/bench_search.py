@@ -250,8 +250,9 @@ def sequential_worker(space_file: str, out: str, threads: int, replay: Optional[
         for frozen in sorted(ray_study.trials, key=lambda t: t.number)[:budget]:
             study.enqueue_trial(frozen.params)
         expected_archs = {r["number"]: r["arch"] for r in results.read_trials(replay)}
-    elif space.baseline_params():
-        study.enqueue_trial(space.baseline_params())  # as the search does (points_to_evaluate)
+    else:
+        for point in space.first_points():  # as the search does (points_to_evaluate)
+            study.enqueue_trial(point)
 
     records = []
     for number in range(budget):

@@ -83,6 +83,46 @@ def test_baseline_is_the_declared_model_and_baseline_params_reach_it():
     assert space.sample(study.ask()) == space.baseline()
 
 
+# Anchors need a baseline strictly inside the knobs' range: a width above 1, every depth kept
+ANCHORED = {"resnet": RESNET.replace("width: {choices: [0.5, 1.0]}", "width: {choices: [0.5, 1.0, 1.5]}"),
+            "mobilenetv2": MOBILENET.replace("    depth: {int: [1, 2]}\n", "")}
+
+
+@pytest.mark.parametrize("family", list(ANCHORED))
+def test_anchors_are_the_baseline_then_the_cheapest_and_dearest_structure(family):
+    text = ANCHORED[family]
+    space = loads(text)
+    first = space.first_points()
+    assert len(first) == 3
+    study = optuna.create_study()
+    for point in first:
+        study.enqueue_trial(point)
+    archs = [space.sample(study.ask()) for _ in first]
+    assert archs == [space.baseline(), space.extreme_arch(False), space.extreme_arch(True)]
+    assert all(b["attention"] == "none" for a in archs for b in a["blocks"].values())
+    macs = [measure(build_model(a), space.input_size).macs for a in archs]
+    assert macs[1] < macs[0] < macs[2]
+    if family == "resnet":
+        assert archs[1]["model_args"]["layers"] == [1, 1, 1, 1]
+        assert archs[1]["model_args"]["channels"] == [8, 16, 32, 64]
+        assert archs[2]["model_args"]["channels"] == [24, 48, 96, 192]
+    # search.anchors: false leaves the baseline alone
+    assert loads(text.replace("name: ", "search: {anchors: false}\nname: ", 1)).first_points() == first[:1]
+
+
+def test_anchors_that_equal_the_baseline_are_evaluated_once():
+    # RESNET's baseline is its dearest structure (width 1.0 and depth 2 are the largest values)
+    space = loads(RESNET)
+    assert space.first_points() == [space.baseline_params(), space.extreme_params(largest=False)]
+    no_knobs = loads(RESNET.split("stages:")[0] + "blocks:" + RESNET.split("blocks:")[1])
+    assert no_knobs.first_points() == [no_knobs.baseline_params()]
+
+
+def test_anchors_must_be_a_boolean():
+    with pytest.raises(SpaceError, match=r"search.anchors: expected true or false, got the string 'yes'"):
+        loads(RESNET + "search: {anchors: 'yes'}\n")
+
+
 def test_mac_range_spans_the_knobs():
     space = loads(RESNET)
     base, low, high = mac_range(space)

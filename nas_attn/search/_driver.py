@@ -222,7 +222,7 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
                                    resume_errored=False, restart_errored=False)
     else:
         storage = study_storage(run_dir)
-        first = [space.baseline_params()] if space.baseline_params() else None
+        first = space.first_points() or None
         define_by_run = ArchSampler(space)
         searcher = searcher_class()(
             define_by_run, sampler=make_sampler(search["sampler"], search["seed"], budget, search.get("population"),

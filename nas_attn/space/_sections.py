@@ -20,7 +20,7 @@ DEFAULTS = {
     "search": {"trials": 16, "concurrent": 2, "sampler": "tpe", "seed": 0,
                "resources": {"cpu": 1, "gpu": 0}, "early_stopping": None,
                "latency_batch_size": 1, "max_failures": 2, "confirm": 0, "population": None,
-               "startup_trials": None},
+               "startup_trials": None, "anchors": True},
 }
 
 
@@ -126,6 +126,8 @@ def _search_section(doc: dict, check: _Checker) -> dict:
     check.number(search["latency_batch_size"], ("search", "latency_batch_size"), low=1, integer=True)
     check.number(search["max_failures"], ("search", "max_failures"), low=0, integer=True)
     check.number(search["confirm"], ("search", "confirm"), low=0, integer=True)
+    if not isinstance(search["anchors"], bool):
+        check.fail(("search", "anchors"), f"expected true or false, got {_kind(search['anchors'])}")
     if search["population"] is not None:
         check.number(search["population"], ("search", "population"), low=2, integer=True)
     if search["startup_trials"] is not None:

@@ -159,12 +159,22 @@ class SearchSpace:
         model's) cannot reach the baseline: their parameters are left to the sampler, and
         :meth:`baseline` is then outside the space.
         """
+        return self._plain_params(lambda where, knob, param: self._base_knob(where, knob))
+
+    def extreme_params(self, largest: bool) -> Dict[str, Any]:
+        """Optuna parameters that make :meth:`sample` return :meth:`extreme_arch` (the search's
+        anchors, ``search.anchors``)."""
+        pick = max if largest else min
+        return self._plain_params(lambda where, knob, param: pick(_knob_values(param)))
+
+    def _plain_params(self, knob_value) -> Dict[str, Any]:
+        """No attention, AW-conv or gate, each knob at ``knob_value(stage or blocks, knob, param)``."""
         params = {}
         for stage in self.stages:
             for knob, param in (stage.rule.knobs.items() if stage.rule else ()):
-                base = self._base_knob(stage, knob)
-                if param.kind != "fixed" and base in _knob_values(param):
-                    params[f"{stage.name}.{knob}"] = base
+                value = knob_value(stage, knob, param)
+                if param.kind != "fixed" and value in _knob_values(param):
+                    params[f"{stage.name}.{knob}"] = value
         for d in self.decisions:
             if len(d.rule.attention) > 1 and "none" in d.rule.attention:
                 params[f"{d.unit}.attention"] = "none"
@@ -173,10 +183,24 @@ class SearchSpace:
             if len(d.rule.gate) > 1:
                 params[f"{d.unit}.gate"] = False
             for knob, param in d.rule.knobs.items():
-                base = self._base_knob(d.blocks, knob)
-                if param.kind != "fixed" and base in _knob_values(param):
-                    params[f"{d.unit}.{knob}"] = base
+                value = knob_value(d.blocks, knob, param)
+                if param.kind != "fixed" and value in _knob_values(param):
+                    params[f"{d.unit}.{knob}"] = value
         return params
+
+    def first_points(self) -> List[Dict[str, Any]]:
+        """The trials a new search evaluates before its sampler proposes any: the baseline, then
+        with ``search.anchors`` the cheapest and the dearest structure (no attention, every knob
+        at its smallest / largest value), so the front's two ends are measured, not left to
+        chance; duplicates (a space without knobs) appear once."""
+        points = [self.baseline_params()]
+        if self.search["anchors"]:
+            points += [self.extreme_params(largest=False), self.extreme_params(largest=True)]
+        unique = []
+        for point in points:
+            if point and point not in unique:
+                unique.append(point)
+        return unique
 
     def build(self, arch: Arch):
         """The timm model of an Arch (random init)."""
