@@ -485,7 +485,7 @@ def test_cpsam_position_squeeze_mix_hand_computed():
     x = torch.randn(1, 3, 4, 4)
     pooled = x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))  # (1, C), s = 1
     affinity = torch.softmax(pooled[0][:, None] * pooled[0][None, :], dim=1)
-    expected = x + module.psa.gamma * torch.einsum("ij,jhw->ihw", affinity, x[0])[None]
+    expected = x + torch.tanh(module.psa.gamma) * torch.einsum("ij,jhw->ihw", affinity, x[0])[None]
     torch.testing.assert_close(module.psa(x), expected)
 
 
@@ -498,7 +498,7 @@ def test_cpsam_position_squeeze_gate_hand_computed():
     pooled = (cells.mean(dim=(3, 5)) + cells.amax(dim=(3, 5))).reshape(3, 4)
     affinity = torch.softmax(pooled @ pooled.T, dim=1)
     gate = torch.sigmoid(affinity @ pooled.mean(dim=1))
-    expected = x * (1 + module.psa.gamma.view(3) * gate).view(1, 3, 1, 1)
+    expected = x * (1 + torch.tanh(module.psa.gamma.view(3)) * gate).view(1, 3, 1, 1)
     torch.testing.assert_close(module.psa(x), expected)
 
 
@@ -529,9 +529,29 @@ def test_cpsam_fuse_mixes_each_channel_own_two_branches(psa):
     for p in module.parameters():
         nn.init.normal_(p)
     x = torch.randn(2, 8, 5, 5)
-    w = module.fuse.weight.view(8, 2, 1, 1)
+    logits = module.fuse.weight.view(8, 2)
+    w = (logits.exp() / logits.exp().sum(dim=1, keepdim=True)).view(8, 2, 1, 1)  # softmax over each pair
     expected = w[:, 0] * module.csa(x) + w[:, 1] * module.psa(x)
     torch.testing.assert_close(module(x), expected)
+
+
+@pytest.mark.parametrize("psa", ["gate", "mix"])
+def test_cpsam_gain_stays_bounded_whatever_its_parameters(psa):
+    """Issue 11: unbounded fuse weights and gamma let SGD blow MobileNetV2's slot output up to
+    10x its input. Now the fuse is a convex mix and gamma acts through tanh: the gate form's
+    per-channel gain lies in (0, 2) however far training throws the parameters."""
+    module = CPSAM(16, psa=psa)
+    with torch.no_grad():
+        module.fuse.weight.normal_(0, 20)
+        module.psa.gamma.normal_(0, 20)
+    w = module.fuse_weights()
+    assert (w >= 0).all() and torch.allclose(w.sum(dim=1), torch.ones(16))
+    x = torch.rand(3, 16, 6, 6) + 0.1
+    if psa == "gate":
+        gain = module.psa(x) / x
+        assert (gain > 0).all() and (gain < 2).all()
+    else:  # at most x plus one convex mixture of the channel maps
+        assert (module.psa(x) - x).abs().amax() <= x.amax() + 1e-5
 
 
 # ---------------------------------------------------------------- AW-conv

@@ -53,14 +53,16 @@ class PositionSqueezeAttention(nn.Module):
     the correlation between all channel maps. Two ways to apply it (``form``):
 
     * ``"gate"`` (default): S acts on the squeezed descriptor ``p`` (P averaged over its s*s
-      cells, length C): ``g = sigmoid(S p)``, ``out = x * (1 + gamma * g)``. About
+      cells, length C): ``g = sigmoid(S p)``, ``out = x * (1 + tanh(gamma) * g)``. About
       C*C*(s*s + 1) MACs per image; no full-size product besides the gating.
-    * ``"mix"``: S mixes the full maps, ``out = x + gamma * (S x_flat)``: C*C*H*W more MACs,
-      like a 1x1 conv, which makes it dearer than Non-Local from 512x28x28 on.
+    * ``"mix"``: S mixes the full maps, ``out = x + tanh(gamma) * (S x_flat)``: C*C*H*W more
+      MACs, like a 1x1 conv, which makes it dearer than Non-Local from 512x28x28 on.
 
-    gamma is a learned per-channel scale (C values), 0 at init, so the fresh branch is the
-    identity. P P^T and the softmax run in float32 (in half precision P P^T overflows for
-    activations above ~16 on 256 channels).
+    gamma is a learned per-channel parameter (C values), 0 at init, so the fresh branch is the
+    identity; it acts through tanh, so the gate form scales each channel by a factor in
+    (0, 2) and the mix form adds at most one convex mixture of channel maps (see CPSAM,
+    "Changed (issue 11, learning)"). P P^T and the softmax run in float32 (in half precision
+    P P^T overflows for activations above ~16 on 256 channels).
     """
 
     def __init__(self, channels: int, pool_size: int, form: str = "gate", device=None, dtype=None):
@@ -81,9 +83,9 @@ class PositionSqueezeAttention(nn.Module):
         affinity, pooled = self.affinity(x)
         if self.form == "gate":
             gate = torch.sigmoid(torch.bmm(affinity, pooled.mean(dim=2, keepdim=True))).to(x.dtype)
-            return x * (1.0 + self.gamma * gate.view(b, c, 1, 1))
+            return x * (1.0 + torch.tanh(self.gamma) * gate.view(b, c, 1, 1))
         mixed = torch.bmm(affinity.to(x.dtype), x.reshape(b, c, h * w)).view(b, c, h, w)
-        return x + self.gamma * mixed
+        return x + torch.tanh(self.gamma) * mixed
 
 
 class CPSAM(nn.Module):
@@ -100,8 +102,9 @@ class CPSAM(nn.Module):
     Reconstruction (ours): the two branch formulas in :class:`ChannelSqueezeAttention` and
     :class:`PositionSqueezeAttention`; the fuse ``y = conv1x1_{2C->C, groups=C}(interleave(
     out_csa, out_psa))`` mixes each channel's two branch outputs with 2 weights per channel,
-    initialised to (1/2, 1/2). Both branches start as the identity (CSA's last layer and
-    PSA's gamma are zero), so a fresh CPSAM is the identity.
+    the pair softmax-normalised (``fuse.weight`` holds their logits, 0 at init: (1/2, 1/2)).
+    Both branches start as the identity (CSA's last layer and PSA's gamma are zero), so a
+    fresh CPSAM is the identity.
 
     Changed (issue 11), and why:
 
@@ -118,6 +121,22 @@ class CPSAM(nn.Module):
       branches themselves.
     * gamma is per channel (C values) instead of one scalar: a scalar's gradient sums over
       every element of the map, and SGD at lr 0.05 threw it to -5 ... -20 in the first epoch.
+
+    Changed (issue 11, learning), and why: in MobileNetV2 (digits_mobilenetv2's recipe, SGD
+    lr 0.05, whose first epoch starts at a train loss near 8.7 with very large gradients)
+    CPSAM in blocks.1-2 reached 0.708 validation accuracy against plain 0.799 (seed 0). It
+    is the identity at init, so the damage came from training: after the first epoch the
+    slot's output RMS was 13.5 against an input RMS of 1.7 in blocks.1.0 (17.1 vs 1.5 at the
+    end), because both free multiplicative parameters had been thrown far from their start,
+    the fuse weights (init 1/2) to -3.3 ... 5.0 and gamma to -1.6 ... 2.9. The slot feeds the
+    1x1 projection directly, so such a per-channel gain multiplies the effective learning
+    rate of that channel's projection weights by its square and the channels it blows up
+    dominate the projection. In a ResNet block the slot output is added to the shortcut
+    after the last BN, whose small weights hid it. Now both are bounded: the fuse pair is
+    softmax-normalised (a convex per-channel mix of the two branches, as before at init) and
+    gamma acts through tanh, so CPSAM's per-channel gain stays in (0, 2) in the gate form,
+    like a sigmoid gate's range doubled. Accuracies before and after: README, "Does each
+    module learn in each family?".
 
     Parameters: 2C + 2 + C*rd + rd + 2*rd + rd*C + C (CSA) + C (gamma) + 2C (fuse), fewer than
     a Non-Local block on the same channels (tested).
@@ -160,14 +179,20 @@ class CPSAM(nn.Module):
         rd_channels = max(1, int(round(channels * self.rd_ratio)))
         self.csa = ChannelSqueezeAttention(channels, rd_channels, **dd)
         self.psa = PositionSqueezeAttention(channels, self.pool_size, psa, **dd)
+        # fuse.weight holds the logits of each channel's pair of branch weights (softmax over
+        # the pair, so the fuse is a convex mix); zeros: (1/2, 1/2).
         self.fuse = nn.Conv2d(2 * channels, channels, 1, groups=channels, bias=False, **dd)
-        nn.init.constant_(self.fuse.weight, 0.5)
+        nn.init.zeros_(self.fuse.weight)
+
+    def fuse_weights(self) -> torch.Tensor:
+        """(C, 2) weights of (CSA, PSA) per output channel, each row non-negative summing to 1."""
+        return F.softmax(self.fuse.weight.view(-1, 2).float(), dim=1).to(self.fuse.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The grouped 1x1 fuse conv (2 weights per channel) is two per-channel scales and a
         # sum; run as such, not as a conv: torch's CPU path for a conv with groups=C loops over
         # the groups (2,051 slow-conv calls for one CPSAM at C=2048, most of its time).
-        weight = self.fuse.weight.view(1, -1, 2, 1, 1)
+        weight = self.fuse_weights().view(1, -1, 2, 1, 1)
         return torch.addcmul(self.csa(x) * weight[:, :, 0], self.psa(x), weight[:, :, 1])
 
     def extra_repr(self) -> str:
