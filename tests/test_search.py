@@ -164,16 +164,17 @@ def test_a_search_spreads_over_two_nodes_and_a_node_lost_mid_search_is_retried(
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out = tmp_path / "run"
-        space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 3"))
+        # Two epochs: the fewest that leave a trial mid-way after its first report.
+        space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 2"))
 
         def kill_worker_node():
             # The event: a result.json line (Tune's JSON logger writes one per epoch report) from
-            # a trial on the worker node at epoch 1 of 3. That trial is then mid-way, so removing
+            # a trial on the worker node at epoch 1 of 2. That trial is then mid-way, so removing
             # the node now always loses a running trial (a node merely idle would prove nothing).
             while not search_done.is_set():
                 for result in (out / "ray").glob("trial_*/result.json"):
                     reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-                    if any(r.get("node_id") == worker.node_id and r.get("epoch", 3) < 3 for r in reports):
+                    if any(r.get("node_id") == worker.node_id and r.get("epoch", 2) < 2 for r in reports):
                         cluster.remove_node(worker, allow_graceful=False)
                         killed.set()
                         return
@@ -281,8 +282,9 @@ def test_flags_override_the_space_and_resources_follow(tiny_space_file):
 
 
 def test_early_stopping_prunes_hopeless_trials_and_keeps_them_off_the_front(tmp_path, unconstrained_yaml, shared_ray):
-    # Sequential trials (concurrent 1) make the rung decisions deterministic for a seed.
-    space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 3").replace("trials: 5", "trials: 6")
+    # Sequential trials (concurrent 1) make the rung decisions deterministic for a seed. Two
+    # epochs: the fewest with a rung (at epoch 1) before the last epoch.
+    space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 2").replace("trials: 5", "trials: 6")
                   .replace("concurrent: 2", "concurrent: 1")
                   .replace("seed: 1,", "seed: 1, early_stopping: {grace_epochs: 1, reduction_factor: 2},"))
     out = tmp_path / "run"
@@ -292,10 +294,10 @@ def test_early_stopping_prunes_hopeless_trials_and_keeps_them_off_the_front(tmp_
     assert stopped, "with reduction factor 2 some of 6 trials rank in the bottom half of a rung"
     by_number = {t.number: t for t in study.trials}
     for r in stopped:
-        assert r["metrics"]["epoch"] < 3
+        assert r["metrics"]["epoch"] < 2
         assert by_number[r["number"]].state.name == "PRUNED"
-    assert all(r["metrics"]["epoch"] == 3 for r in pareto)
-    assert sum(r["metrics"]["epoch"] for r in records) < 6 * 3
+    assert all(r["metrics"]["epoch"] == 2 for r in pareto)
+    assert sum(r["metrics"]["epoch"] for r in records) < 6 * 2
 
 
 def test_recorder_copies_the_status_the_study_was_told(tmp_path):
