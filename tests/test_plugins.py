@@ -1,8 +1,9 @@
 """User plugins: a module from a temporary package is registered, searched, costed, exported and reloaded.
 
-The end-to-end test runs the CLI in fresh processes, as a user would: a 2-trial search (Ray
-workers must import the plugin themselves), export, and a third process that rebuilds the
-exported model with plain timm. Its search starts its own Ray in the fresh driver process, as a user's would.
+The end-to-end test runs the search in a fresh process, as a user would (Ray workers must
+import the plugin themselves; the driver starts its own Ray, as a user's would), exports in this
+process after forgetting the plugin (export must import it from the results folder), and
+rebuilds the exported model with plain timm in a third, fresh process.
 """
 import json
 import os
@@ -70,7 +71,11 @@ def imported_plugin(plugin_dir, monkeypatch):
     monkeypatch.syspath_prepend(str(plugin_dir))
     import_plugins(["plugpkg.my_attention"])
     yield sys.modules["plugpkg.my_attention"]
-    # Leave the registry as the other tests expect it.
+    _forget_plugin()
+
+
+def _forget_plugin():
+    """Leave the registry and sys.modules as the other tests expect them (no gain_attn)."""
     registry.PLUGIN_ATTENTION.pop("gain_attn", None)
     registry.HYPERPARAMETERS.pop("gain_attn", None)
     for name in ("plugpkg.my_attention", "plugpkg"):
@@ -134,11 +139,8 @@ def test_plugin_is_searched_costed_exported_and_reloaded_in_fresh_processes(plug
     try:
         shown = run_cli_in_process("validate", space, "--plugin", "plugpkg.my_attention")
         assert shown.returncode == 0, shown.stderr
-    finally:  # leave the registry as the other tests expect it
-        registry.PLUGIN_ATTENTION.pop("gain_attn", None)
-        registry.HYPERPARAMETERS.pop("gain_attn", None)
-        for name in ("plugpkg.my_attention", "plugpkg"):
-            sys.modules.pop(name, None)
+    finally:
+        _forget_plugin()
 
     out = tmp_path / "run"
     searched = run_cli("search", "--space", str(space), "--plugin", "plugpkg.my_attention", "--out", str(out),
@@ -152,8 +154,15 @@ def test_plugin_is_searched_costed_exported_and_reloaded_in_fresh_processes(plug
         assert r["metrics"]["params"] == 712234 + 2 * (16 + 1)  # a gain and a bias per channel of the 16-channel layer1
     assert "plugpkg.my_attention" in (out / "space.yaml").read_text()  # --resume and export find it
 
-    exported = run_cli("export", str(out), "--out", str(tmp_path / "models"), "--trial", "0", env=env)
-    assert exported.returncode == 0, exported.stderr
+    # Export in this process (the fresh interpreter it had cost ~5-8 s of imports), with the
+    # plugin forgotten first: export must import it again from the space.yaml it reads.
+    assert "gain_attn" not in registry.PLUGIN_ATTENTION and "plugpkg.my_attention" not in sys.modules
+    try:
+        exported = run_cli_in_process("export", out, "--out", tmp_path / "models", "--trial", "0")
+        assert exported.returncode == 0, exported.stderr
+        assert "plugpkg.my_attention" in sys.modules
+    finally:
+        _forget_plugin()
     folder = tmp_path / "models" / "trial-0000"
     config = json.loads((folder / "config.json").read_text())
     assert config["model_args"]["plugins"] == ["plugpkg.my_attention"]
