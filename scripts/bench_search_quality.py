@@ -489,10 +489,14 @@ def main(argv=None) -> int:
     if epochs is not None and epochs < 1:
         parser.error(f"--epochs must be >= 1, got {epochs}")
 
-    # One private Ray for every search (see bench_search.isolated_ray_env), started before any search.
-    os.environ.update({k: v for k, v in common.isolated_ray_env().items()
-                       if k in ("RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")})
-    os.environ.pop("RAY_ADDRESS", None)
+    # One private Ray for every search (see bench_search.isolated_ray_env), started before any
+    # search; a Ray this process already runs (a caller of main(), such as the test suite) is
+    # used instead and left running, as nas_attn.search.run does.
+    own_ray = not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+    if own_ray:
+        os.environ.update({k: v for k, v in common.isolated_ray_env().items()
+                           if k in ("RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")})
+        os.environ.pop("RAY_ADDRESS", None)
     space = common.bench_space(args.space, trials, epochs, args.quick)
     trials = space.search["trials"]
     out = Path(args.out) if args.out else Path(f"/tmp/bench_search_quality-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -504,7 +508,8 @@ def main(argv=None) -> int:
 
     import ray
     from nas_attn import search
-    search.init_ray(None, verbose=False)
+    if own_ray:
+        search.init_ray(None, verbose=False)
     runs: List[Dict[str, Any]] = []
     total_start = time.perf_counter()
     try:
@@ -522,7 +527,8 @@ def main(argv=None) -> int:
                 runs.append(r)
         ablation = ablate(space, [r for r in runs if not r["early_stopping"]], out) if args.ablate else []
     finally:
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
     total_wall = time.perf_counter() - total_start
 
     ran = [m for m in methods if m != "best+es"] + ([f"{best}+es"] if best else [])
