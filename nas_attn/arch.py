@@ -15,7 +15,9 @@ Blocks are named by their timm module path (``layer3.1`` in a ResNet, ``blocks.4
 MobileNetV2/EfficientNet). A listed block gets ``attention`` in its attention slot (timm's
 ``block.se``: after the last BN of a ResNet block, after the depthwise conv of an inverted
 residual); ``"none"`` empties the slot, also removing attention the base model had
-(efficientnet_b0's SE). ``aw_conv`` replaces the block's spatial conv (ResNet ``conv2``, the
+(efficientnet_b0's SE). In an inverted residual, the modules in
+:data:`~nas_attn.modules.BLEND_IN_INVERTED_RESIDUAL` (CBAM) are wrapped in an
+:class:`~nas_attn.modules.IdentityBlend`, ``x + tanh(alpha) * (attn(x) - x)`` (issue 11). ``aw_conv`` replaces the block's spatial conv (ResNet ``conv2``, the
 depthwise ``conv_dw``) by an :class:`~nas_attn.modules.AWConv2d`. ``gate`` (keyword arguments
 of :class:`~nas_attn.modules.DSAGate`) gates the block's residual branch with DSA's keep mask,
 ``y = shortcut(x) + M * branch(x)`` (:func:`~nas_attn.modules.gate_block`); a block without a
@@ -54,7 +56,9 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 
 from ._timm_entry import nas_attn_cnn  # noqa: F401  (registered with timm there; re-exported)
-from .modules import AWConv2d, create_attn, gate_block, why_not_gateable
+from .modules import (
+    BLEND_IN_INVERTED_RESIDUAL, AWConv2d, IdentityBlend, create_attn, gate_block, why_not_gateable,
+)
 from .names import STEMS, stage_of  # noqa: F401  (re-exported)
 
 ENTRYPOINT = "nas_attn_cnn"
@@ -296,6 +300,10 @@ def build_model(arch: Arch, **model_overrides) -> nn.Module:
             attn.block_allows_pruning = slot_may_prune(site.block)  # DSA's rule 7
         if attn is None and isinstance(model, EfficientNet):
             attn = nn.Identity()  # EfficientNet blocks call self.se unconditionally
+        elif isinstance(model, EfficientNet) and attention.strip().lower() in BLEND_IN_INVERTED_RESIDUAL:
+            # Bare, its saturating gates shut channels the projection then never sees again
+            # (no shortcut in a stage's first block): see nas_attn/modules/identity_blend.py.
+            attn = IdentityBlend(attn, site.channels)
         setattr(site.block, site.slot_attr, attn)
         aw_kwargs = choice.get("aw_conv")
         if aw_kwargs is not None:

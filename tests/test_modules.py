@@ -838,3 +838,34 @@ def test_hyperparameter_specs_are_well_formed_and_match_constructors():
         params = inspect.signature(getattr(factory, "func", factory)).parameters
         for key, spec in HYPERPARAMETERS[name].items():
             assert key not in fixed and params[key].default == pytest.approx(spec["default"]), (name, key)
+
+
+# ---------------------------------------------------------------- IdentityBlend (issue 11)
+
+def test_identity_blend_fresh_is_identity_and_gain_stays_in_0_2():
+    from nas_attn.modules import IdentityBlend
+    blend = IdentityBlend(create_attn("cbam", 16), 16)
+    x = torch.rand(2, 16, 5, 5) + 0.1
+    assert torch.equal(blend(x), x)
+    with torch.no_grad():
+        blend.alpha.normal_(0, 20)
+    gain = blend(x) / x  # CBAM is a gate x * g, g in (0, 1): the blend's gain is 1 + t (g - 1)
+    assert (gain > 0).all() and (gain < 2).all()
+    t = torch.tanh(blend.alpha)
+    torch.testing.assert_close(blend(x), x + t * (blend.attn(x) - x))
+    assert n_params(blend) == n_params(blend.attn) + 16
+
+
+def test_builder_blends_cbam_in_inverted_residuals_only():
+    from nas_attn.arch import build_model
+    from nas_attn.modules import BLEND_IN_INVERTED_RESIDUAL, IdentityBlend
+    from timm.layers.cbam import CbamModule
+    assert "cbam" in BLEND_IN_INVERTED_RESIDUAL
+    mobilenet = build_model({"model": "mobilenetv2_035", "model_args": {"num_classes": 3},
+                             "blocks": {"blocks.1.0": {"attention": "cbam"}, "blocks.1.1": {"attention": "se"}}})
+    assert isinstance(mobilenet.blocks[1][0].se, IdentityBlend)
+    assert isinstance(mobilenet.blocks[1][0].se.attn, CbamModule)
+    assert not isinstance(mobilenet.blocks[1][1].se, IdentityBlend)
+    resnet = build_model({"model": "resnet18", "model_args": {"num_classes": 3},
+                          "blocks": {"layer1.0": {"attention": "cbam"}}})
+    assert isinstance(resnet.layer1[0].se, CbamModule)
