@@ -26,7 +26,8 @@ It cannot resolve a few points of accuracy under the full recipe (scripts/module
 measures that, README "Does each module learn in each family?"); it catches a module that
 cripples learning. Cost: 2-5 s of CPU per model on a loaded machine (22 models), over the
 suite's per-test budget; with 8x8 images (cheaper) healthy modules scattered past the rule
-(SE 1.85x in the MobileNetV2); fewer steps were not tried.
+(SE 1.85x in the MobileNetV2), and batches of 16 from 128 images cost as much CPU (per-step
+overhead dominates) while scattering further (DSA 2.4x); fewer steps were not tried.
 """
 import functools
 import math
