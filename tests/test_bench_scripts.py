@@ -1,23 +1,42 @@
 """Tests of the benchmark scripts in scripts/: they run, and write their section of the Markdown file."""
 import importlib.util
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_MODULES = ROOT / "scripts" / "bench_modules.py"
 SECTION = "## Attention modules in resnet50 (scripts/bench_modules.py)"
 
 
-def _load_bench_modules():
-    spec = importlib.util.spec_from_file_location("bench_modules", BENCH_MODULES)
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def _load_bench_modules():
+    return _load_script(BENCH_MODULES)
+
+
+def _run_main(script: Path, argv):
+    """``python SCRIPT ARGV`` as the script's ``main(argv)`` in this process: its exit code.
+
+    A fresh interpreter per run only added the ~4-5 s of importing torch and timm, which this
+    process has done. The scripts set torch's thread count and seed its global generator; both
+    are put back, so later tests see what they would have seen.
+    """
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng():
+        try:
+            return _load_script(script).main([str(a) for a in argv])
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _table_rows(section: str) -> dict:
@@ -32,15 +51,13 @@ def _table_rows(section: str) -> dict:
     return rows
 
 
-def test_bench_modules_quick(tmp_path):
+def test_bench_modules_quick(tmp_path, capsys):
     out = tmp_path / "BENCH.md"
     out.write_text("# Benchmarks\n\n## Someone else's section\n\nkeep this line\n")
-    result = subprocess.run(
-        [sys.executable, str(BENCH_MODULES), "--quick", "--size", "32", "--batch-size", "2",
-         "--repeats", "1", "--variants", "none,dsa", "--threads", "1", "--no-cpsam-stages",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code = _run_main(BENCH_MODULES, ["--quick", "--size", "32", "--batch-size", "2", "--repeats", "1",
+                                     "--variants", "none,dsa", "--threads", "1", "--no-cpsam-stages", "--out", out])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
     text = out.read_text()
     assert "## Someone else's section\n\nkeep this line\n" in text
     assert text.count(SECTION) == 1
@@ -60,7 +77,7 @@ def test_bench_modules_quick(tmp_path):
     assert "- not measured: dsa overhead < se overhead needs the variant(s) se in" in section
     assert "- not measured: cpsam overhead <= 2x cbam overhead needs the variant(s) cpsam, cbam in" in section
     assert rows["dsa"][-1] == "overhead < se's: not measured"
-    assert "| none |" in result.stdout  # the table is printed too
+    assert "| none |" in printed.out  # the table is printed too
     stage_lines = [line for line in section.splitlines() if line.startswith("| layer")]
     assert [line.split()[1] for line in stage_lines] == ["layer1", "layer2", "layer3", "layer4"]
     assert "| 512->512, 1x1, stride 1 |" in stage_lines[3]  # layer4 conv2 at 32x32 input
@@ -98,24 +115,23 @@ def test_targets_and_bad_variant():
         bench.parse_args(["--variants", "none,bogus"])
 
 
-def test_bench_sparse_smoke(tmp_path):
+def test_bench_sparse_smoke(tmp_path, capsys):
     """scripts/bench_sparse.py runs on a tiny setting and writes its section, keeping others."""
     script = ROOT / "scripts" / "bench_sparse.py"
     out = tmp_path / "BENCH.md"
     out.write_text("# Benchmarks\n\n## Someone else's section\n\nkeep this line\n")
-    result = subprocess.run(
-        [sys.executable, str(script), "--models", "resnet18", "--batch-sizes", "1", "--keeps", "0.5",
-         "--image-size", "32", "--rounds", "1", "--warmup", "0", "--threads", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    code = _run_main(script, ["--models", "resnet18", "--batch-sizes", "1", "--keeps", "0.5", "--image-size", "32",
+                              "--rounds", "1", "--warmup", "0", "--threads", "1", "--out", out])
+    assert code == 0, capsys.readouterr().err
     text = out.read_text()
     assert "keep this line" in text and "## DSA gate: sparse inference speed (scripts/bench_sparse.py)" in text
     for variant in ("| dense |", "| keep 0.5 |", "| keep 1.0 (gate overhead) |", "| keep 1.0, forced sparse |"):
         assert variant in text
     assert "Load average" in text and "gate overhead at keep 1.0" in text
-    bad = subprocess.run([sys.executable, str(script), "--keeps", "1.5", "--no-write"],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--keeps" in bad.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as bad:  # argparse's exit on a bad flag: status 2, message on stderr
+        _run_main(script, ["--keeps", "1.5", "--no-write"])
+    assert bad.value.code == 2 and "--keeps" in capsys.readouterr().err
 
 
 def test_cpsam_table_verdict_needs_fewer_macs_and_less_time():
