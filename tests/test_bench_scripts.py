@@ -145,3 +145,18 @@ def test_cpsam_table_verdict_needs_fewer_macs_and_less_time():
     assert lines[2].startswith("| layer1 | 256x56x56 | 4.00 | 200.00 | 700.00 | 10.0 (10.0 - 10.0) |")
     assert lines[2].endswith("| MET (0.01x MACs, 0.20x time) |")
     assert lines[3].endswith("| MISSED (0.70x MACs, 1.20x time) |")
+
+
+def test_bench_sca_quick_compares_old_and_new(capsys):
+    """scripts/bench_sca.py runs (in this process, tiny shapes) and its frozen copy of the
+    previous SCA computes what nas_attn's SCA computes: the printed largest relative difference
+    of outputs and gradients is below 1e-5 at every shape, and the ratio tables are printed."""
+    spec = importlib.util.spec_from_file_location("bench_sca", ROOT / "scripts" / "bench_sca.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick"]) == 0
+    text = capsys.readouterr().out
+    diffs = [float(d) for d in re.findall(r"largest relative difference of output and gradients: (\S+)", text)]
+    assert len(diffs) == len(module.QUICK_STAGES) and max(diffs) < 1e-5
+    assert text.count("| slot shape | old | new | cbam | new/old | new/cbam | old/cbam |") == 2
+    assert "| resnet50 blocks (1, 1) |" in text and "load average after" in text
