@@ -241,6 +241,8 @@ class SCA(nn.Module):
     previous version per stage shape, 0.80x summed over resnet50's 16 blocks; against CBAM
     that sum went from 1.31x to 1.05x (medians). The arg-max poolings (``max`` with indices,
     2-8x slower than ``amax`` here) are now the largest single cost at the deep stages.
+    ``torch.compile`` of the poolings was measured and not used: 50.6 s for the first compile in
+    a fresh process (every Ray trial worker would pay it), slower than eager at 1024x14x14.
 
     Args:
         channels: number of input channels C (the parameter count does not depend on it).
