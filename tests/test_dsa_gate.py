@@ -521,3 +521,103 @@ def test_gated_model_exports_and_loads_in_plain_timm(tmp_path):
     assert f"mean kept fraction {gates['mean_kept']:.3f}" in card and "set_sparse(model, False)" in card
     assert '| layer1.0 | none {} | no | yes {"threshold": 0.5} |' in card
     assert gate_figures(build_model(_arch("resnet18", {}, in_chans=1)), space) is None
+
+
+# ----------------------------------------------------------------------------- inference routes
+# In eval under no_grad a gated block picks one of three routes from its mask's kept count:
+# sparse (at most sparse_max_kept kept), dense masked in place (more), or the plain block with
+# no mask at all (every pixel kept). All must give the dense masked output.
+
+from nas_attn.modules.dsa_gate import _DENSE_ALL, _DENSE_MASKED, _DENSE_MASKED_NO_GRAD, _SPARSE  # noqa: E402
+
+ROUTE_BLOCKS = [BLOCKS[0], BLOCKS[3], BLOCKS[5], BLOCKS[6]]  # identity shortcut, downsample, IR, IR with SE
+
+
+def _masked_reference(block, x):
+    """The block's output through the autograd-safe dense masked route (eval, grad enabled)."""
+    with torch.enable_grad():
+        assert block._route(block.gate(x, block.gate.last_mask.shape[-2:])) == _DENSE_MASKED
+        return block(x).detach()
+
+
+@pytest.mark.parametrize("model_name,block_name,kw", ROUTE_BLOCKS)
+@pytest.mark.parametrize("rule", [{"threshold": 0.0}, {"prune_mode": "keep_ratio", "keep_ratio": 1.0}])
+def test_full_mask_runs_the_plain_block(model_name, block_name, kw, rule):
+    """A mask keeping every pixel runs the plain timm block: bit for bit its output, without
+    multiplying by the mask; the masked and the forced sparse routes agree with it."""
+    block, x = _block_and_input(model_name, block_name)
+    plain = copy.deepcopy(block)
+    gate_block(block, **rule)
+    x_before = x.clone()
+    with torch.no_grad():
+        expected = plain(x)
+        y = block(x)
+        assert block._route(block.gate.last_mask) == _DENSE_ALL
+        assert block.gate.kept_fraction == 1.0
+        assert torch.equal(y, expected)
+        block.gate.sparse_max_kept = 1.0  # forced sparse: gathers every pixel
+        assert block._route(block.gate(x, list(y.shape[-2:]))) == _SPARSE
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    torch.testing.assert_close(_masked_reference(block, x), expected, rtol=0, atol=0)
+    assert torch.equal(x, x_before)  # the in-place residual add never writes into the input
+
+
+@pytest.mark.parametrize("model_name,block_name,kw", ROUTE_BLOCKS)
+def test_dense_fallback_in_place_equals_dense_masked_and_sparse(model_name, block_name, kw):
+    """A mask above sparse_max_kept runs dense, masked in place: the same output as the
+    autograd-safe masked route (exactly) and as the sparse path (1e-5), input untouched."""
+    block, x = _block_and_input(model_name, block_name)
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.95)
+    x_before = x.clone()
+    with torch.no_grad():
+        y = block(x)
+        assert block._route(block.gate.last_mask) == _DENSE_MASKED_NO_GRAD
+        assert 0.9 < block.gate.kept_fraction < 1.0
+        block.gate.sparse_max_kept = 1.0
+        sparse = block(x)
+    assert torch.equal(y, _masked_reference(block, x))
+    torch.testing.assert_close(sparse, y, rtol=1e-5, atol=1e-5 * float(y.abs().max()))
+    assert torch.equal(x, x_before)
+    # pruned pixels still pass the shortcut unchanged (InvertedResidual: y = x there)
+    if block_name.startswith("blocks"):
+        pruned = ~block.gate.last_mask.expand_as(x)
+        assert pruned.any() and torch.equal(y[pruned], x[pruned])
+
+
+def test_route_follows_the_kept_count_and_the_mode():
+    block, x = _block_and_input("resnet18", "layer1.0")
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.5)
+    with torch.no_grad():
+        mask = block.gate(x, list(x.shape[-2:]))
+        kept = block.gate.kept_pixels()
+        assert kept == int(mask.sum()) and block.gate.kept_fraction == pytest.approx(kept / mask.numel())
+        for max_kept, route in ((0.9, _SPARSE), (kept / mask.numel(), _SPARSE), (0.4, _DENSE_MASKED_NO_GRAD)):
+            block.gate.sparse_max_kept = max_kept
+            assert block._route(mask) == route, max_kept
+        block.gate.sparse_max_kept = 0.9
+        set_sparse(block, False)
+        assert block._route(mask) == _DENSE_MASKED_NO_GRAD
+        set_sparse(block, True)
+        block.train()
+        assert block._route(mask) == _DENSE_MASKED  # training: no host sync, autograd-safe ops
+    block.eval()
+    assert block._route(mask) == _DENSE_MASKED  # grad enabled
+
+
+@pytest.mark.parametrize("rule", [{"threshold": 0.0}, {"threshold": 0.45}, {"reduce": "max", "threshold": 0.3},
+                                  {"reduce": "mean_max", "prune_mode": "keep_ratio", "keep_ratio": 0.3}])
+def test_gate_mask_is_dsas_rule_exactly(rule):
+    """The gate's lean no-grad foreground gives DSA's mask bit for bit: informative and flat
+    samples, a pooled output grid, an infinite saliency value; with and without autograd."""
+    x = torch.randn(4, 16, 8, 8, generator=torch.Generator().manual_seed(3)).contiguous(memory_format=torch.channels_last)
+    x[1] = 0.25  # flat sample: every pixel kept
+    x[2, :, 3, 3] = float("inf")
+    x[3] *= 1e-8  # span below eps: flat too
+    gate = DSAGate(16, **rule)
+    for out_hw in ([8, 8], [4, 4], [3, 3]):
+        expected = _dsa_mask(x, out_hw, **rule)
+        with torch.no_grad():
+            assert torch.equal(gate(x, out_hw), expected), out_hw
+        assert torch.equal(gate(x, out_hw), expected), out_hw  # grad enabled: DSA's own foreground
+        assert gate.kept_fraction == pytest.approx(float(expected.float().mean()))
+        assert expected[1].all() and expected[3].all()

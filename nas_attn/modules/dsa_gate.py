@@ -31,6 +31,7 @@ work unchanged; see :func:`gate_block`.
 Attention in the block's ``se`` slot stays where it is and sees the branch with pruned pixels
 set to zero (``se(M * h)``); in the sparse path it runs densely on the scattered kept pixels.
 """
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -62,13 +63,18 @@ class DSAGate(DSA):
             scatter). False keeps the dense masked computation everywhere. Either gives the
             same output; ``set_sparse(model, False)`` flips every gate of a model. A forward
             whose mask keeps more than ``sparse_max_kept`` (default 0.9) of the pixels runs
-            dense anyway: gathering nearly every pixel costs more than it saves.
+            dense anyway: gathering nearly every pixel costs more than it saves. In inference
+            such a dense branch is masked in place, and a mask that keeps every pixel runs the
+            plain timm block with no mask at all (see ``_Gated._route``), so a gate that prunes
+            nothing costs only its mask: saliency, min-max, comparison and count, a dozen small
+            operations (none at all with ``prune_mode="keep_ratio", keep_ratio=1``).
         **kwargs: DSA's threshold, reduce, prune_mode, keep_ratio and eps, with DSA's defaults
             and checks (passed through, not restated, so the two cannot drift apart), and timm's
             pass-through keywords.
 
     Attributes:
-        kept_fraction: fraction of the output grid's pixels kept in the last forward (float).
+        kept_fraction: fraction of the output grid's pixels kept in the last forward (float;
+            computed on reading from the kept count, :meth:`kept_pixels`).
         last_mask: the boolean keep mask (B, 1, H_out, W_out) of the last forward, detached
             (the cost model derives from it the pixels each branch conv must compute).
     """
@@ -82,6 +88,8 @@ class DSAGate(DSA):
     # Declared for TorchScript (it types an attribute by its first value, None); real
     # annotations, not strings, so this file has no `from __future__ import annotations`.
     _kept_fraction: Optional[torch.Tensor]  # DSA's, repeated: TorchScript reads this class's annotations only
+    _kept_count: Optional[torch.Tensor]
+    __jit_unused_properties__ = ["kept_fraction"]
     last_mask: Optional[torch.Tensor]
     last_in_size: Tuple[int, int]
 
@@ -94,6 +102,9 @@ class DSAGate(DSA):
         self.sparse = sparse
         self.sparse_max_kept = 0.9
         self.last_mask: Optional[torch.Tensor] = None
+        self._kept_count: Optional[torch.Tensor] = None  # pixels kept in the last forward (0-d int64)
+        self._mask_numel = 0  # pixels of the last forward's mask
+        self._all_kept = False  # the last mask was full by the rule alone (no count taken)
         self.last_in_size: Tuple[int, int] = (0, 0)
 
     def forward(self, x: torch.Tensor, out_size: List[int]) -> torch.Tensor:
@@ -103,15 +114,62 @@ class DSAGate(DSA):
         threshold / keep-ratio rule, so a kept output pixel is one whose input window is
         salient on average.
         """
-        a_fg, informative = self.foreground(x)
-        if a_fg.shape[-2] != out_size[0] or a_fg.shape[-1] != out_size[1]:
-            a_fg = adaptive_avg_pool2d(a_fg, (out_size[0], out_size[1]))
-        mask = self.keep_mask(a_fg, informative)
+        keeps_all = self._keeps_every_pixel(out_size[0] * out_size[1])
+        if keeps_all:
+            # keep_ratio mode keeping ceil(keep_ratio * H * W) = H * W pixels: the saliency
+            # cannot change the mask (nor can a top-k over every pixel)
+            mask = torch.ones(x.shape[0], 1, out_size[0], out_size[1], dtype=torch.bool, device=x.device)
+        else:
+            if torch.jit.is_scripting() or torch.is_grad_enabled():
+                a_fg, informative = self.foreground(x)
+            else:
+                a_fg, informative = self._foreground_for_mask(x)
+            if a_fg.shape[-2] != out_size[0] or a_fg.shape[-1] != out_size[1]:
+                a_fg = adaptive_avg_pool2d(a_fg, (out_size[0], out_size[1]))
+            mask = self.keep_mask(a_fg, informative)  # boolean: never requires grad, needs no detach
         if not exporting():  # an exported graph has no module state to record into
-            self._kept_fraction = mask.detach().float().mean()
-            self.last_mask = mask.detach()
+            # The count, not the fraction: the gated block reads it (one host sync) to choose its
+            # path, and kept_fraction divides on demand. A mask known to be full needs no count.
+            self._all_kept = keeps_all
+            self._kept_count = None if keeps_all else mask.count_nonzero()
+            self._mask_numel = mask.numel()
+            self.last_mask = mask
             self.last_in_size = (int(x.shape[-2]), int(x.shape[-1]))
         return mask
+
+    @property
+    def kept_fraction(self) -> Optional[float]:
+        if self._all_kept:
+            return 1.0
+        return None if self._kept_count is None else int(self._kept_count) / self._mask_numel
+
+    def kept_pixels(self) -> int:
+        """Pixels the last forward's mask kept (a host sync unless the mask was known full)."""
+        return self._mask_numel if self._all_kept else int(self._kept_count)
+
+    def _foreground_for_mask(self, x: torch.Tensor):
+        """DSA's foreground coefficient in fewer operations, for a mask under no_grad.
+
+        The same arithmetic as :meth:`DSA.foreground` (``(s - min) / (max - min + eps)`` on the
+        same saliency, so the same values bit for bit), but one ``aminmax`` instead of ``amin``
+        and ``amax``, the division in place, and no zeroing of flat samples' coefficients:
+        :meth:`DSA.keep_mask` keeps every pixel of those whatever their coefficient. Why it
+        matters: at batch 1 the gate is a dozen small operations on a (B, 1, H, W) map, each
+        costing its dispatch (microseconds, more when the caches are cold after a block's
+        convolutions), while a whole block of MobileNetV2 at 14x14 takes ~0.5 ms on one thread.
+        """
+        s = self.saliency(x)
+        lo, hi = torch.aminmax(s.reshape(s.shape[0], 1, 1, -1), dim=-1, keepdim=True)  # (B, 1, 1, 1)
+        span = hi - lo
+        return (s - lo).div_(span + self.eps), (span > self.eps).view(-1)
+
+    def _keeps_every_pixel(self, n_pixels: int) -> bool:
+        """Whether the rule keeps all ``n_pixels`` of every sample whatever the input: keep_ratio
+        mode rounding up to all of them. (Threshold 0 keeps every pixel of a finite input, but
+        its mask is still computed: an infinite saliency value prunes its pixel.)"""
+        if self.prune_mode != "keep_ratio":
+            return False
+        return min(n_pixels, max(1, math.ceil(self.keep_ratio * n_pixels))) == n_pixels
 
     def extra_repr(self) -> str:
         return super().extra_repr().replace(", reweight=False", "") + f", sparse={self.sparse}"
@@ -287,19 +345,54 @@ def _attend_rows(se: nn.Module, rows: torch.Tensor, pos: torch.Tensor, shape: Li
 # ----------------------------------------------------------------------------- gated blocks
 
 
+# How a gated block computes its branch in one forward (_Gated._route)
+_DENSE_MASKED = 0          # dense, masked; autograd-safe (training, grad, TorchScript, export)
+_DENSE_MASKED_NO_GRAD = 1  # dense, masked in place (inference, mask keeps too much for sparse)
+_DENSE_ALL = 2             # the mask keeps every pixel: the plain block, no mask at all
+_SPARSE = 3                # gather the kept pixels, compute them, scatter
+
+
 class _Gated:
     """Shared parts of the gated block classes (a mixin; the timm class supplies the rest, and
     :func:`gate_block` the ``gate``, a :class:`DSAGate`). No class annotations here: TorchScript
     types a module's attributes by the first ``__annotations__`` in its class's MRO, and a
     gated ResNet block has this mixin before the timm class."""
 
+    # The routes again, as module constants: TorchScript reads no module-level globals
+    __constants__ = ["DENSE_MASKED", "DENSE_MASKED_NO_GRAD", "DENSE_ALL", "SPARSE"]
+    DENSE_MASKED = _DENSE_MASKED
+    DENSE_MASKED_NO_GRAD = _DENSE_MASKED_NO_GRAD
+    DENSE_ALL = _DENSE_ALL
+    SPARSE = _SPARSE
+
     def _use_sparse(self, mask: Optional[torch.Tensor] = None) -> bool:
+        if mask is None:
+            return self._inference_only() and self.gate.sparse and self._sparse_supported()
+        return self._route(mask) == self.SPARSE
+
+    def _inference_only(self) -> bool:
+        """Eval mode, no autograd, no tracing or export: the only state in which the block may
+        take its sparse path or skip the mask."""
         if torch.jit.is_scripting():  # TorchScript runs the dense masked path, never compiles the sparse one
             return False
-        if (self.training or not self.gate.sparse or torch.is_grad_enabled()
-                or torch.jit.is_tracing() or exporting() or not self._sparse_supported()):
-            return False
-        return mask is None or int(mask.sum()) <= self.gate.sparse_max_kept * mask.numel()
+        return not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing() or exporting())
+
+    def _route(self, mask: torch.Tensor) -> int:
+        """How this forward computes the branch (one of the ``DENSE_*`` / ``SPARSE`` constants).
+
+        Outside inference (training, autograd, TorchScript, tracing, export) it is always
+        ``DENSE_MASKED``, with no host sync. In inference it reads the gate's kept count (one
+        sync): sparse when at most ``sparse_max_kept`` of the pixels are kept, else dense, and
+        without any masking when every pixel is kept. All give the same output."""
+        if torch.jit.is_scripting():  # TorchScript compiles no code below this line
+            return self.DENSE_MASKED
+        if not self._inference_only():
+            return self.DENSE_MASKED
+        kept = self.gate.kept_pixels()
+        n_pixels = mask.numel()
+        if self.gate.sparse and kept <= self.gate.sparse_max_kept * n_pixels and self._sparse_supported():
+            return self.SPARSE
+        return self.DENSE_ALL if kept == n_pixels else self.DENSE_MASKED_NO_GRAD
 
     def _sparse_supported(self) -> bool:
         raise NotImplementedError
@@ -317,15 +410,33 @@ class _GatedResNetBlock(_Gated):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         mask = self.gate(x, [shortcut.shape[-2], shortcut.shape[-1]])
-        if self._use_sparse(mask):
+        route = self._route(mask)
+        if route == self.SPARSE:
             return self._forward_sparse(x, shortcut, mask)
+        h = self._branch(x)
+        if route == self.DENSE_ALL:
+            # every pixel kept: the plain timm block (multiplying by an all-ones mask would cost
+            # a pass over the branch output and, at batch 32, a fresh allocation of its size);
+            # inference only, so the additions can be in place, as timm's own block does
+            if self.se is not None:
+                h = self.se(h)
+            if self.drop_path is not None:
+                h = self.drop_path(h)
+            return self._last_act(h.add_(shortcut))
         m = mask.to(x.dtype)
-        h = self._branch(x) * m
+        if route == self.DENSE_MASKED:
+            h = h * m
+            if self.se is not None:
+                h = self.se(h) * m
+            if self.drop_path is not None:
+                h = self.drop_path(h)
+            return self._last_act(h + shortcut)
+        h = h.mul_(m)  # inference: in place, no temporaries of the branch's size
         if self.se is not None:
-            h = self.se(h) * m
+            h = self.se(h).mul_(m)
         if self.drop_path is not None:
             h = self.drop_path(h)
-        return self._last_act(h + shortcut)
+        return self._last_act(h.add_(shortcut))
 
     @torch.jit.unused
     def _forward_sparse(self, x, shortcut, mask):
@@ -419,14 +530,23 @@ class GatedInvertedResidual(InvertedResidual, _Gated):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.gate(x, [x.shape[-2], x.shape[-1]])
-        if self._use_sparse(mask):
+        route = self._route(mask)
+        if route == self.SPARSE:
             return self._forward_sparse(x, mask)
-        m = mask.to(x.dtype)
         h = self.aa(self.bn2(self.conv_dw(self.bn1(self.conv_pw(x)))))
+        if route == self.DENSE_ALL:  # every pixel kept: the plain block (see _GatedResNetBlock)
+            if not isinstance(self.se, nn.Identity):
+                h = self.se(h)
+            # out of place, as timm's block: the 1x1 projection can come out in a memory format
+            # other than x's, and an in-place add across formats ran 4x slower in profiles
+            return self.drop_path(self.bn3(self.conv_pwl(h))) + x
+        m = mask.to(x.dtype)
         if not isinstance(self.se, nn.Identity):
             h = self.se(h * m)
-        h = self.bn3(self.conv_pwl(h)) * m
-        return self.drop_path(h) + x
+        if route == self.DENSE_MASKED:
+            h = self.bn3(self.conv_pwl(h)) * m
+            return self.drop_path(h) + x
+        return self.drop_path(self.bn3(self.conv_pwl(h)).mul_(m)) + x  # inference: mask in place
 
     @torch.jit.unused
     def _forward_sparse(self, x, mask):
