@@ -9,8 +9,12 @@ For each model (default resnet18, resnet50, mobilenetv2_100) and batch size (def
 * ``keep K`` for each K in ``--keeps`` (default 0.3, 0.5, 0.7): every gateable block gated
   (``nas_attn.modules.gate_block``) with ``prune_mode=keep_ratio, keep_ratio=K``, so each
   gate keeps the fraction K of its output pixels (mean kept fraction K); the sparse path on;
-* ``keep 1.0``: every gateable block gated, keeping every pixel: the gate's own overhead
-  (the mask computation; such a mask runs the dense masked path, ``sparse_max_kept``);
+* ``keep 1.0``: every gateable block gated with ``keep_ratio=1.0``, keeping every pixel: the
+  gate's own overhead where the rule alone says every pixel is kept (no saliency is computed;
+  the block runs as the plain timm block);
+* ``threshold 0``: every gateable block gated with ``threshold=0``, which also keeps every
+  pixel, but only after computing the mask (saliency, min-max foreground, comparison, count):
+  the overhead of a gate whose mask turns out full, the price of the mask computation itself;
 * ``keep 1.0, forced sparse``: the same with the sparse path forced (``sparse_max_kept=1``),
   the fixed cost of gathering and scattering every pixel.
 
@@ -19,8 +23,9 @@ The input is scikit-learn's two bundled photographs (``load_sample_images``), ra
 resized to the input size and ImageNet-normalised, so masks follow image structure rather
 than noise. Each round times one forward of every variant in shuffled order (all in this one
 process, side by side, so load from other jobs falls on all alike); the table gives the
-median over rounds in milliseconds (``time.perf_counter``), the speedup (dense median /
-variant median) and, next to it, the effective-MAC ratio MACs / effective MACs measured by
+median over rounds in milliseconds (``time.perf_counter``; with ``--cpu-time``
+``time.process_time``), the speedup (dense median / variant median) and, next to it, the
+effective-MAC ratio MACs / effective MACs measured by
 ``nas_attn.cost.measure`` on the same batch: the speedup the sparse path would reach if only
 the charged convolutions took time. The load average (``os.getloadavg``) is recorded before
 and after. Results go into the section below of ``--out`` (default BENCHMARKS.md); other
@@ -85,6 +90,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--nchw", action="store_true",
                    help="run every variant in NCHW instead of channels-last (the sparse path's row "
                         "tables are views of channels-last tensors; NCHW adds a copy per block)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with time.process_time (this process's CPU time) instead of wall time: "
+                        "steadier on a machine loaded by other jobs, meaningful with --threads 1 only "
+                        "(idle OpenMP threads spin and count as CPU time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
                    help="Markdown file whose section this script writes (default BENCHMARKS.md)")
@@ -131,17 +140,17 @@ def gated_copy(dense: torch.nn.Module, model_name: str, **gate_kwargs) -> tuple:
 
 
 def time_interleaved(steps: Dict[str, Callable[[], None]], rounds: int, warmup: int,
-                     rng: random.Random) -> Dict[str, List[float]]:
-    """Wall ms of each callable: every round runs each once, in a shuffled order."""
+                     rng: random.Random, clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
+    """ms of ``clock`` (wall by default) of each callable: every round runs each once, in a shuffled order."""
     samples: Dict[str, List[float]] = {name: [] for name in steps}
     for r in range(warmup + rounds):
         order = list(steps)
         rng.shuffle(order)
         for name in order:
-            start = time.perf_counter()
+            start = clock()
             steps[name]()
             if r >= warmup:
-                samples[name].append((time.perf_counter() - start) * 1000.0)
+                samples[name].append((clock() - start) * 1000.0)
     return samples
 
 
@@ -154,6 +163,7 @@ def bench_model(args, model_name: str, batch: int, rng: random.Random, log) -> L
     for keep in args.keeps:
         variants[f"keep {keep:g}"] = gated_copy(dense, model_name, prune_mode="keep_ratio", keep_ratio=keep)
     variants["keep 1.0 (gate overhead)"] = gated_copy(dense, model_name, prune_mode="keep_ratio", keep_ratio=1.0)
+    variants["threshold 0 (mask computed)"] = gated_copy(dense, model_name, threshold=0.0)
     forced, n = gated_copy(dense, model_name, prune_mode="keep_ratio", keep_ratio=1.0)
     for m in forced.modules():
         if hasattr(m, "sparse_max_kept"):
@@ -180,10 +190,12 @@ def bench_model(args, model_name: str, batch: int, rng: random.Random, log) -> L
             rows[name] = {"model": model_name, "batch": batch, "variant": name, "gated_blocks": n_gated or 0,
                           "macs": cost.macs, "effective_macs": cost.effective_macs,
                           "mean_kept": statistics.mean(kept) if kept else 1.0,
-                          "max_abs_diff": float((out - reference).abs().max()) if name.startswith("keep 1.0") else None}
+                          "max_abs_diff": (float((out - reference).abs().max())
+                                           if name.startswith(("keep 1.0", "threshold 0")) else None)}
         steps = {name: (lambda m=model, inp=(x_nchw if name == "dense (NCHW)" else x): m(inp))
                  for name, (model, _) in variants.items()}
-        samples = time_interleaved(steps, args.rounds, args.warmup, rng)
+        samples = time_interleaved(steps, args.rounds, args.warmup, rng,
+                                   time.process_time if args.cpu_time else time.perf_counter)
     dense_ms = statistics.median(samples["dense"])
     for name, row in rows.items():
         row["ms"] = statistics.median(samples[name])
@@ -201,14 +213,16 @@ def render_section(args, argv, rows: List[dict], load_before, load_after, starte
              f"Command: `{cmd}`. Run {started}, torch {torch.__version__}, timm {timm.__version__}, "
              f"{platform.processor() or platform.machine()}, {args.threads} threads, "
              f"{'NCHW' if args.nchw else 'channels-last (plus a dense NCHW row)'}, eval mode, no grad, "
-             f"{args.image_size}x{args.image_size}, {args.rounds} rounds (median; min-max in brackets).",
+             f"{args.image_size}x{args.image_size}, {args.rounds} rounds (median; min-max in brackets)"
+             f"{', CPU time (time.process_time), not wall time' if args.cpu_time else ''}.",
              f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; "
              f"after: {', '.join(f'{v:.2f}' for v in load_after)}.", "",
              "Speedup = dense time / variant time. MAC ratio = MACs / effective MACs (the limit the "
              "speedup approaches if only the charged convolutions took time). `keep 1.0 (gate overhead)`: "
-             "every gate keeps every pixel (dense masked path); `forced sparse`: the same through the "
-             "gather/scatter path. Weights are random-init; the input is random crops of scikit-learn's "
-             "two sample photographs.", "",
+             "every gate has keep_ratio 1, so its rule keeps every pixel without computing a mask (plain "
+             "block); `threshold 0 (mask computed)`: every gate computes its mask, which keeps every pixel "
+             "(plain block after the mask); `forced sparse`: keep 1.0 through the gather/scatter path. "
+             "Weights are random-init; the input is random crops of scikit-learn's two sample photographs.", "",
              "| model | batch | variant | gated blocks | mean kept | ms | speedup | MAC ratio | effective MACs/image |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -216,9 +230,10 @@ def render_section(args, argv, rows: List[dict], load_before, load_after, starte
                      f"{r['ms']:.1f} [{r['ms_min']:.1f}-{r['ms_max']:.1f}] | {r['speedup']:.2f}x | "
                      f"{r['mac_ratio']:.2f}x | {r['effective_macs']:,.0f} |")
     lines.append("")
-    overhead = [r for r in rows if r["variant"] == "keep 1.0 (gate overhead)"]
+    overhead = [r for r in rows if r["variant"] in ("keep 1.0 (gate overhead)", "threshold 0 (mask computed)")]
     for r in overhead:
-        lines.append(f"- {r['model']} batch {r['batch']}: gate overhead at keep 1.0 = "
+        what = "at keep 1.0" if r["variant"].startswith("keep") else "at threshold 0 (mask computed)"
+        lines.append(f"- {r['model']} batch {r['batch']}: gate overhead {what} = "
                      f"{(1 / r['speedup'] - 1) * 100:+.1f}% of the dense time (target <= 5%); "
                      f"output differs from dense by at most {r['max_abs_diff']:.2e}.")
     lines.append("")
