@@ -386,7 +386,8 @@ class _Gated:
         without any masking when every pixel is kept. All give the same output."""
         if torch.jit.is_scripting():  # TorchScript compiles no code below this line
             return self.DENSE_MASKED
-        if not self._inference_only():
+        if not self._inference_only() or mask.is_meta:
+            # a meta tensor (cost counting on the meta device) has no kept count to read
             return self.DENSE_MASKED
         kept = self.gate.kept_pixels()
         n_pixels = mask.numel()
