@@ -22,6 +22,14 @@ full recipe) ends at 2.25x (0.895) with half its channel gates saturated below 0
 CPSAM returning ``0 * x`` at 5.7x (2.284) in the MobileNetV2. (In the ResNet a zeroed slot
 only switches the residual branches off and the shortcuts still learn, so there it passes.)
 
+Since the environment was reinstalled (torch 2.14.1, timm 1.0.31) the plain losses are
+0.469 (MobileNetV2) and 0.625 (ResNet). CPSAM's mix form with the gradient through its
+affinity S failed here at 2.15x (1.005); without it (issue 11) CPSAM ends at 0.62x (gate,
+0.288) and 0.95x (mix, 0.444) in the MobileNetV2, 0.91x / 0.96x in the ResNet, and CPSAM
+returning ``0 * x`` still fails at 4.9x (2.284). The rule is coarse: a module that is exactly
+the identity (CPSAM inside the identity blend, which never leaves it) ends at 0.417, 0.89x,
+from rounding alone, and over build seeds 0-7 the gate form ranged 0.6-2.4x the plain loss.
+
 It cannot resolve a few points of accuracy under the full recipe (scripts/module_accuracy.py
 measures that, README "Does each module learn in each family?"); it catches a module that
 cripples learning. Cost: 2-5 s of CPU per model on a loaded machine (22 models), over the

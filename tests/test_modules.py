@@ -617,6 +617,25 @@ def test_cpsam_gain_stays_bounded_whatever_its_parameters(psa):
         assert (module.psa(x) - x).abs().amax() <= x.amax() + 1e-5
 
 
+def test_cpsam_mix_no_gradient_through_position_affinity():
+    """Issue 11: in the mix form the backward through S = softmax(P P^T) (logits quadratic in
+    x, a max pool) stopped MobileNetV2 from learning; S is applied but not differentiated, so
+    the gradient reaching x through PSA is exactly that of S held constant. (The gate form
+    keeps its gradient through S: it trained as well as plain there; README, issue 11.)"""
+    module = CPSAM(6, pool_size=2, psa="mix")
+    with torch.no_grad():
+        module.psa.gamma.normal_()
+    x = torch.rand(2, 6, 4, 4, requires_grad=True)
+    module.psa(x).square().sum().backward()
+    with torch.no_grad():
+        affinity, _ = module.psa.affinity(x)
+    x_const = x.detach().clone().requires_grad_()
+    expected = x_const + torch.tanh(module.psa.gamma.detach()) * (affinity @ x_const.view(2, 6, 16)).view(2, 6, 4, 4)
+    expected.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_const.grad)
+    assert module.psa.gamma.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------- AW-conv
 
 CONV_CONFIGS = [
