@@ -149,13 +149,15 @@ class CPSAM(nn.Module):
     Changed (issue 11, gradient), and why. The mix form still failed to learn in MobileNetV2:
     the module-learning test (tests/test_module_learning.py) ended at 2.15x the plain loss,
     and with the product's recipe (scripts/module_accuracy.py, digits_mobilenetv2) it
-    reached 0.496 / 0.287 at seeds 0 / 1 against plain 0.788 / 0.760. Cause, measured: the
+    reached 0.496 / 0.287 at seeds 0 / 1 against plain 0.788 / 0.760 (today's environment). Cause, measured: the
     backward through S. Its logits P P^T are quadratic in x, P comes through a max pool, and
     its gradient sums grad * x over the whole map; S has no parameter of its own, so that
     gradient only reshapes the features to move S. PSA alone (mix, no CSA) in the test's tiny
     MobileNetV2 ended at 10-15x the plain loss over 4 seeds, the same with S held constant at
     1.0-1.5x. So the mix form computes S from ``x.detach()`` (the forward is unchanged bit for
-    bit); the full recipe then gave the figures in the README's CPSAM section. This also drops
+    bit). Full recipe, seeds 0-3: 0.496 / 0.287 / 0.515 / 0.331 -> 0.540 / 0.660 / 0.677 /
+    0.747, still 10-25 points under plain (open; README, "Re-measured"); resnet18 0.972 /
+    0.983 against plain 0.975 / 0.978 (seeds 0 / 1). This also drops
     the backward of the (B, C, C) softmax and of P P^T: at 2048x7x7 (batch 8, one thread,
     forward+backward CPU time, one process) the mix form went from 5.1x timm's Non-Local to
     2.9x. Not changed in the gate form, by measurement: there the product's recipe gave
