@@ -5,6 +5,11 @@ whole session in a temporary file (RAY_AUTH_TOKEN_PATH), so the tests never writ
 user's ~/.ray, and RAY_AUTH_MODE=token for clusters the tests start themselves
 (ray.cluster_utils.Cluster inherits this environment). Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 once, at import: 0 keeps every node the tests start on 127.0.0.1.
+
+Each test session (each pytest-xdist worker) keeps Ray's files in a folder of its own
+(RAY_TMPDIR): ``ray.init()`` without an address joins the cluster recorded in
+``$RAY_TMPDIR/ray/ray_current_cluster``, so with the default /tmp a search in one session could
+join a cluster that a test of the other session started.
 """
 import os
 import secrets
@@ -18,6 +23,8 @@ os.environ["RAY_AUTH_TOKEN_PATH"] = _TOKEN_FILE
 os.environ.pop("RAY_AUTH_TOKEN", None)
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Short (Ray's unix sockets live under it and their paths are limited to 107 bytes).
+os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="nasattn-ray-", dir="/tmp")
 
 
 import pytest  # noqa: E402  (after the environment above, which must come before any Ray import)
