@@ -164,20 +164,23 @@ def test_a_search_spreads_over_two_nodes_and_a_node_lost_mid_search_is_retried(
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out = tmp_path / "run"
-        # Two epochs: the fewest that leave a trial mid-way after its first report.
-        space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 2"))
+        # Four epochs, the kill on a trial's first report: the trial must still be running when
+        # the node goes. Tune fetches a trial's next result while the driver handles the last
+        # one, so with two epochs an idle machine's 0.5 s epoch could finish the trial before the
+        # kill took effect (seen in CI: the lost trial was never retried).
+        space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 4"))
         killed = []
         log_trial_result = JsonLoggerCallback.log_trial_result
 
         def kill_worker_node_on_its_first_report(self, iteration, trial, result):
-            # The event: the driver receives a trial's epoch-1-of-2 report from the worker node.
+            # The event: the driver receives a trial's epoch-1-of-4 report from the worker node.
             # The kill happens here, in the driver's loop, before it asks that trial for its next
             # epoch, so a running trial is always lost (a node merely idle would prove nothing).
             # Not by watching result.json in the run folder: Tune writes it to a staging folder
             # and copies it there periodically, and a search of fast trials could end before
             # the first copy (that left the kill unfired, on an idle machine).
             log_trial_result(self, iteration, trial, result)
-            if not killed and result.get("node_id") == worker.node_id and result.get("epoch", 2) < 2:
+            if not killed and result.get("node_id") == worker.node_id and result.get("epoch", 4) < 2:
                 cluster.remove_node(worker, allow_graceful=False)
                 killed.append(trial.trial_id)
 
