@@ -598,11 +598,13 @@ class _Restore:
         # property): a shallow copy of the instance dict puts them back
         self.state = [(m, dict(vars(m))) for m in model.modules() if _is_pruning(m) or _is_gate(m)]
         self.handles = []
-        # the counting pass runs gated blocks densely: the sparse path's gathers and matrix
-        # products would count the random input's mask, not the data's
+        # the counting pass runs gated blocks densely and masked: the sparse path's gathers and
+        # matrix products, or the unmasked route of a full mask, would count the random input's
+        # mask, not the data's (and differ from a count on the meta device)
         for m in model.modules():
             if _is_gate(m):
                 m.sparse = False
+                m.fast_routes = False
 
     def restore(self) -> None:
         for h in self.handles:

@@ -61,3 +61,18 @@ def test_mac_range_matches_real_tensor_counts():
     base, low, high = describe.mac_range(space)
     assert base == measure(build_model(space.baseline()), space.input_size).macs
     assert low < base < high
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_a_gated_model_counts_the_same_whatever_route_its_mask_takes(threshold):
+    # Threshold 0 keeps every pixel, which in inference takes the gate's unmasked route; the count
+    # must still be the dense masked block's, as on the meta device, where no mask can be read.
+    space = load("cluttered_resnet")
+    arch = space.extreme_arch(False)
+    for choice in arch["blocks"].values():
+        choice["gate"] = {"threshold": threshold}
+    torch.manual_seed(0)
+    real = measure(build_model(arch), space.input_size)
+    model, meta = describe._counted(lambda: build_model(arch), space.input_size)
+    assert next(model.parameters()).device.type == "meta"
+    assert _figures(meta) == _figures(real)

@@ -101,6 +101,9 @@ class DSAGate(DSA):
             raise ValueError(f"DSAGate: sparse must be a bool (True or False), got {sparse!r}")
         self.sparse = sparse
         self.sparse_max_kept = 0.9
+        # False makes every forward take the dense masked route, whatever the mask: the cost
+        # counter (nas_attn.cost) sets it so that its counts do not hang on the random input's mask
+        self.fast_routes = True
         self.last_mask: Optional[torch.Tensor] = None
         self._kept_count: Optional[torch.Tensor] = None  # pixels kept in the last forward (0-d int64)
         self._mask_numel = 0  # pixels of the last forward's mask
@@ -386,7 +389,7 @@ class _Gated:
         without any masking when every pixel is kept. All give the same output."""
         if torch.jit.is_scripting():  # TorchScript compiles no code below this line
             return self.DENSE_MASKED
-        if not self._inference_only() or mask.is_meta:
+        if not self._inference_only() or mask.is_meta or not self.gate.fast_routes:
             # a meta tensor (cost counting on the meta device) has no kept count to read
             return self.DENSE_MASKED
         kept = self.gate.kept_pixels()
