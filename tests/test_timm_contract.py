@@ -98,7 +98,12 @@ def test_forward_and_every_parameter_gets_a_gradient(name):
     torch.nn.functional.cross_entropy(out, torch.tensor([1, 7])).backward()
     params = dict(model.named_parameters())
     no_grad = [n for n, p in params.items() if p.grad is None]
-    zero_grad = [n for n, p in params.items() if p.grad is not None and not p.grad.abs().sum() > 0]
+    # CPSAM's spatial-context logits (csa.conv_attn, C -> 1) go through a softmax over the
+    # positions, which a constant shift leaves unchanged: that conv's bias has an exact gradient
+    # of 0, and what autograd returns is rounding noise, exactly 0 in some runs (seen once in
+    # mobilenetv2's blocks.3.1 in a whole-suite run).
+    zero_grad = [n for n, p in params.items() if p.grad is not None and not p.grad.abs().sum() > 0
+                 and not n.endswith("csa.conv_attn.bias")]
     assert not no_grad and not zero_grad, f"no gradient: {no_grad}; all-zero gradient: {zero_grad}"
 
 
