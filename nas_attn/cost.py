@@ -603,7 +603,6 @@ class _Restore:
         # mask, not the data's (and differ from a count on the meta device)
         for m in model.modules():
             if _is_gate(m):
-                m.sparse = False
                 m.fast_routes = False
 
     def restore(self) -> None:

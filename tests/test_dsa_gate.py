@@ -214,9 +214,10 @@ def test_training_runs_dense_masked_and_gradients_flow():
     y = block(x.requires_grad_())
     y.sum().backward()
     assert block.conv1.weight.grad is not None and block.conv1.weight.grad.abs().sum() > 0
-    # eval with gradients enabled also stays dense (the sparse path is inference only)
+    # eval with gradients enabled also stays dense and masked (the sparse path is inference only)
     block.eval()
-    assert not block._use_sparse()
+    mask = block.gate(x, [x.shape[-2], x.shape[-1]])
+    assert block._route(mask) == block.DENSE_MASKED
 
 
 def test_branch_fractions_follow_receptive_fields_by_hand():

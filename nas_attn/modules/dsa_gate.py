@@ -368,11 +368,6 @@ class _Gated:
     DENSE_ALL = _DENSE_ALL
     SPARSE = _SPARSE
 
-    def _use_sparse(self, mask: Optional[torch.Tensor] = None) -> bool:
-        if mask is None:
-            return self._inference_only() and self.gate.sparse and self._sparse_supported()
-        return self._route(mask) == self.SPARSE
-
     def _inference_only(self) -> bool:
         """Eval mode, no autograd, no tracing or export: the only state in which the block may
         take its sparse path or skip the mask."""
