@@ -475,6 +475,28 @@ def test_sca_partial_gradients_no_grad_and_repeated_backward(shape, kernel_size)
         assert _rel(g, 2 * r) < 1e-5
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("shape", [(2, 5, 4, 3), (3, 7, 16, 15), (2, 6, 20, 1), (1, 1, 1, 1)])
+def test_sca_max_pooling_layouts_equal_torch_max(layout, shape):
+    """SCA's arg-max poolings (max pooling laid out per memory format, a transposed copy for wide
+    W) give torch.max's values and indices, ties included (first position), over C, H and W.
+    A wrong view, a row/column index taken from the wrong flat index, or a transposed copy read
+    the wrong way round gives other values or indices here; W = 15 takes the transposed-copy
+    path, W = 3 and 1 do not, and a non-contiguous layout takes torch.max itself."""
+    from nas_attn.modules.sca import _max_values, _max_with_index
+    torch.manual_seed(0)
+    for x in (torch.randn(shape), torch.randint(0, 3, shape).float()):  # the second has many ties
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "strided":
+            x = x.transpose(2, 3).contiguous().transpose(2, 3)
+        for dim in (1, 2, 3):
+            values, index = _max_with_index(x, dim)
+            ref_values, ref_index = x.max(dim=dim)
+            assert torch.equal(values, ref_values) and torch.equal(index, ref_index)
+            assert torch.equal(_max_values(x, dim), x.amax(dim=dim))
+
+
 def test_sca_tied_maxima_gradient_sums_match():
     """With ties (ReLU6-clipped input) the max gradient goes to one position: per pooled line the
     gradient mass is the same as amax's even split, and the output is unchanged."""
