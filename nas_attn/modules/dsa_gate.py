@@ -32,6 +32,7 @@ Attention in the block's ``se`` slot stays where it is and sees the branch with 
 set to zero (``se(M * h)``); in the sparse path it runs densely on the scattered kept pixels.
 """
 import math
+import weakref
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -181,39 +182,98 @@ class DSAGate(DSA):
 # ----------------------------------------------------------------------------- sparse helpers
 #
 # A feature map in the sparse path is a table of pixel rows, (B*H*W, C), the layout of a
-# channels-last tensor (a view when the input is channels-last, one copy otherwise); an extra
-# all-zero row at the end stands for every pixel outside the image (a convolution's zero
-# padding). Convolutions are matrix products of gathered neighbourhoods (im2col restricted to
-# the kept pixels): measured on 2 threads this beat (a) a dense conv on the scattered map, which
-# saves nothing, and (b) per-tile dense convs, which only pay off for masks made of large tiles.
+# channels-last tensor (a view when the input is channels-last, one copy otherwise). Each branch
+# conv writes the pixels it must produce, in sorted order, into a *packed* table, (N + 1, C),
+# whose extra last row is zero and stands for every read outside the image (a convolution's zero
+# padding); the next conv reads it through neighbour indices remapped to packed rows. A conv is
+# a matrix product of gathered neighbourhoods (im2col restricted to the needed pixels) with eval
+# BatchNorm folded into its weight and bias (``_folded``), run over chunks of rows so that each
+# gathered chunk is reused from cache (``_CHUNK_BYTES``), and the last conv of a branch is added
+# straight into the gathered shortcut rows of its chunk. Measured on one thread against the
+# first version of this path (per-pixel tables of the whole map, BatchNorm as a separate pass,
+# whole-map im2col): see README, "DSA gate", for the figures. Alternatives measured earlier and
+# dropped: a dense conv on the scattered map (saves nothing) and per-tile dense convs (pay off
+# only for masks made of large tiles).
+
+# Bytes of gathered rows per chunk: about half the 2 MB L2 cache per core of the machine this was
+# tuned on, and at least _MIN_CHUNK_ROWS rows, so that a wide weight matrix (resnet50's layer4
+# conv2: 4608 x 512 floats, 9 MB) is streamed once per few hundred pixels, not per few dozen.
+_CHUNK_BYTES = 1 << 20
+_MIN_CHUNK_ROWS = 256
+
+
+def _chunk_rows(floats_per_row: int) -> int:
+    return max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // (4 * floats_per_row))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def _with_zero_row(table: torch.Tensor) -> torch.Tensor:
-    return torch.cat([table, table.new_zeros(1, table.shape[1])], 0)
+def _owned_rows(t: torch.Tensor, borrowed: torch.Tensor) -> torch.Tensor:
+    """Rows of ``t`` that may be written in place: ``t``'s own memory when it is a fresh tensor
+    (not ``borrowed``, the block input) that ``_rows`` could view, else a copy."""
+    rows = _rows(t)
+    if rows.data_ptr() == t.data_ptr() and t is borrowed:  # a view of the caller's input
+        rows = rows.clone()
+    return rows
 
 
-def _sparse_table(rows: torch.Tensor, at: torch.Tensor, n_pixels: int) -> torch.Tensor:
-    """A (n_pixels + 1, C) table holding ``rows`` at ``at`` and zeros in its last row. The other
-    rows stay uninitialised: the neighbourhoods that read this table touch only ``at`` (the
-    pixels they need, by construction) and the zero row, and a dense zero fill cost as much
-    as a conv's worth of memory traffic in profiles."""
-    table = rows.new_empty(n_pixels + 1, rows.shape[1])
-    table[n_pixels].zero_()
-    table.index_copy_(0, at, rows)
-    return table
+# conv module -> (key of the tensors it was folded from, weight matrix, bias)
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _add_at(shortcut: torch.Tensor, pos: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """Rows of ``shortcut`` with ``branch`` added at ``pos`` (a new tensor). Gather-add-copy:
-    index_add's scatter-add ran ~10x slower than index_copy in profiles on 2 threads."""
-    out = _rows(shortcut)
-    out = out.clone() if out.data_ptr() == shortcut.data_ptr() else out  # _rows may have copied
-    out.index_copy_(0, pos, out.index_select(0, pos) + branch)
-    return out
+def _folded(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``conv`` followed by eval-mode ``bn`` as one affine map on pixel rows: (weight, bias).
+
+    The weight is (kh*kw*C_in, C_out) for a dense conv, rows ordered (kernel row, kernel column,
+    input channel) like a gathered neighbourhood, and (kh*kw, C) per-tap scales for a depthwise
+    conv; the bias is (C_out,). Folding saves BatchNorm's pass over every conv output (and its
+    allocation). It rounds differently from conv-then-BN: within ~1e-6 relative in float32.
+    Cached per conv, keyed by the data pointer and version counter of each tensor it reads
+    (any in-place update, ``load_state_dict`` or optimiser step bumps the version), so a stale
+    fold is never used.
+    """
+    sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    key = (id(bn), bn.eps) + tuple((t.data_ptr(), t._version) if t is not None else None for t in sources)
+    cached = _FOLDED.get(conv)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    scale = (bn.running_var + bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    c_out, _, kh, kw = weight.shape
+    if conv.groups == 1:
+        matrix = weight.permute(0, 2, 3, 1).reshape(c_out, -1).t().contiguous()
+    else:  # depthwise
+        matrix = weight.reshape(c_out, kh * kw).t().contiguous()
+    _FOLDED[conv] = (key, matrix, bias.contiguous())
+    return matrix, bias
+
+
+def _act_(h: torch.Tensor, act: Optional[nn.Module]) -> torch.Tensor:
+    """``act(h)``, in place for the activations timm's blocks use (they are elementwise)."""
+    if act is None or isinstance(act, nn.Identity):
+        return h
+    kind = type(act)
+    if kind is nn.ReLU:
+        return h.relu_()
+    if kind is nn.ReLU6:
+        return F.hardtanh(h, 0.0, 6.0, inplace=True)
+    if kind is nn.SiLU:
+        return F.silu(h, inplace=True)
+    return act(h)
+
+
+def _idempotent(act: Optional[nn.Module]) -> bool:
+    """act(act(v)) == act(v): applying it to a whole map after some rows already had it is safe."""
+    return act is None or type(act) in (nn.Identity, nn.ReLU, nn.ReLU6)
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -221,9 +281,9 @@ def _pair(v) -> Tuple[int, int]:
 
 
 def _neighbours(pos: torch.Tensor, out_hw: List[int], in_hw: List[int], conv: nn.Conv2d) -> torch.Tensor:
-    """Row indices (N, kh*kw) into a (B*H_in*W_in + 1) table of the input pixels each output
-    pixel ``pos`` (flat indices into B*H_out*W_out) reads; out-of-image reads point at the
-    last (zero) row. Order: kernel row, kernel column, as the weight's (kh, kw)."""
+    """Flat indices (N, kh*kw) into B*H_in*W_in of the input pixels each output pixel ``pos``
+    (flat indices into B*H_out*W_out) reads; -1 for reads outside the image. Order: kernel row,
+    kernel column, as the weight's (kh, kw)."""
     ho, wo = out_hw
     hi, wi = in_hw
     kh, kw = _pair(conv.kernel_size)
@@ -240,7 +300,7 @@ def _neighbours(pos: torch.Tensor, out_hw: List[int], in_hw: List[int], conv: nn
     ix = (ox * sw - pw).unsqueeze(1) + dx.unsqueeze(0)
     inside = (iy >= 0) & (iy < hi) & (ix >= 0) & (ix < wi)
     flat = b.unsqueeze(1) * (hi * wi) + iy * wi + ix
-    return torch.where(inside, flat, torch.full_like(flat, -1))
+    return flat.masked_fill_(~inside, -1)
 
 
 def _needed(nbrs: torch.Tensor, n_pixels: int) -> torch.Tensor:
@@ -250,82 +310,47 @@ def _needed(nbrs: torch.Tensor, n_pixels: int) -> torch.Tensor:
     return flag[:-1].nonzero().squeeze(1)
 
 
-def _fix_outside(nbrs: torch.Tensor, n_pixels: int) -> torch.Tensor:
-    return torch.where(nbrs < 0, torch.full_like(nbrs, n_pixels), nbrs)
+def _packed(nbrs: torch.Tensor, at: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    """``nbrs`` (flat pixel indices of an ``n_pixels`` map, -1 outside) as rows of the packed table
+    that holds the pixels ``at`` (sorted) in order and then a zero row, which -1 maps to."""
+    row_of = torch.full((n_pixels + 1,), at.numel(), dtype=torch.long, device=at.device)
+    row_of[at] = torch.arange(at.numel(), device=at.device)
+    return row_of[nbrs]  # -1 reads the last entry: the zero row
 
 
-def _conv_rows(table: torch.Tensor, nbrs: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv`` evaluated at the output pixels whose input rows are ``nbrs`` (N, kh*kw) in
-    ``table`` (rows + zero row). Dense (groups 1) or depthwise (groups == C_in == C_out)."""
-    weight = conv.weight
-    c_out, c_in_g, kh, kw = weight.shape
-    n = nbrs.shape[0]
-    if conv.groups == 1:
-        if kh * kw == 1:
-            cols = table.index_select(0, nbrs.view(-1))
-        else:
-            cols = table.index_select(0, nbrs.reshape(-1)).view(n, kh * kw * c_in_g)
-        # (C_out, kh, kw, C_in): a view when the weight is channels-last
-        out = cols @ weight.permute(0, 2, 3, 1).reshape(c_out, -1).t()
-    else:
-        # depthwise: one multiply-add per tap keeps the working set at (N, C)
-        taps = weight.view(c_out, kh * kw)
-        out = table.index_select(0, nbrs[:, 0]) * taps[:, 0]
-        for t in range(1, kh * kw):
-            out = out.addcmul_(table.index_select(0, nbrs[:, t]), taps[:, t])
-    if conv.bias is not None:
-        out = out + conv.bias
+def _table(n_rows: int, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised packed table for ``n_rows`` pixels, its zero row last."""
+    table = like.new_empty(n_rows + 1, channels)
+    table[n_rows].zero_()
+    return table
+
+
+def _conv_into(dest: torch.Tensor, src: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor, act: Optional[nn.Module]) -> None:
+    """``dest[i] = act(src[index[i]].flatten() @ weight + bias)`` for each row i of ``index``
+    ((M,) for a 1x1 conv, (M, kh*kw) neighbourhoods for a k x k one), chunk by chunk."""
+    m = index.shape[0]
+    taps = 1 if index.dim() == 1 else index.shape[1]
+    step = _chunk_rows(weight.shape[0] + weight.shape[1])
+    cols_buffer = src.new_empty(min(step, m) * taps, src.shape[1])
+    for s in range(0, m, step):
+        e = min(s + step, m)
+        cols = torch.index_select(src, 0, index[s:e].reshape(-1), out=cols_buffer[:(e - s) * taps])
+        out = dest[s:e]
+        torch.addmm(bias, cols.view(e - s, -1), weight, out=out)
+        _act_(out, act)
+
+
+def _depthwise(table: torch.Tensor, index: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor,
+               cols_buffer: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A depthwise conv at the pixels whose neighbourhoods are ``index`` (n, kh*kw) rows of
+    ``table``: per-tap multiply-adds on one gathered chunk (in cache), into ``out`` (n, C)."""
+    n, k = index.shape
+    cols = torch.index_select(table, 0, index.reshape(-1), out=cols_buffer[:n * k]).view(n, k, -1)
+    torch.addcmul(bias, cols[:, 0], taps[0], out=out)
+    for t in range(1, k):
+        out.addcmul_(cols[:, t], taps[t])
     return out
-
-
-def _norm_rows(rows: torch.Tensor, bn: nn.Module) -> torch.Tensor:
-    """Eval-mode BatchNorm (and the activation of a timm BatchNormAct2d) on pixel rows."""
-    out = F.batch_norm(rows, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    act = getattr(bn, "act", None)
-    if act is not None:
-        out = act(out)
-    return out
-
-
-def _pointwise_rows(rows: torch.Tensor, conv: nn.Conv2d, bn: nn.Module) -> torch.Tensor:
-    """A 1x1 stride-1 ``conv`` and its eval-mode ``bn`` on pixel rows: one matrix product."""
-    out = rows @ conv.weight.view(conv.out_channels, -1).t()
-    if conv.bias is not None:
-        out = out + conv.bias
-    return _norm_rows(out, bn)
-
-
-def _kept_and_needed(mask: torch.Tensor, conv: nn.Conv2d, in_hw: List[int]):
-    """(flat indices of the kept pixels of ``mask``, the neighbourhoods ``conv`` reads for them
-    in its (B, C, *in_hw) input, the sorted input pixels those neighbourhoods touch)."""
-    pos = mask.view(-1).nonzero().squeeze(1)
-    nbrs = _neighbours(pos, [mask.shape[-2], mask.shape[-1]], in_hw, conv)
-    return pos, nbrs, _needed(nbrs, mask.shape[0] * in_hw[0] * in_hw[1])
-
-
-def _conv_norm_at(rows: torch.Tensor, at: torch.Tensor, nbrs: torch.Tensor, n_pixels: int,
-                  conv: nn.Conv2d, bn: nn.Module) -> torch.Tensor:
-    """``conv`` and its eval-mode ``bn`` at the pixels whose neighbourhoods are ``nbrs``, given the
-    input ``rows`` at the pixels ``at`` (all that ``nbrs`` reads) of an ``n_pixels`` map."""
-    table = _sparse_table(rows, at, n_pixels)
-    return _norm_rows(_conv_rows(table, _fix_outside(nbrs, n_pixels), conv), bn)
-
-
-def _plain_conv(conv: nn.Module, depthwise_ok: bool) -> bool:
-    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return False
-    return conv.groups == 1 or (depthwise_ok and conv.groups == conv.in_channels == conv.out_channels)
-
-
-def _plain_norm(bn: nn.Module) -> bool:
-    if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_mean is None:
-        return False
-    drop = getattr(bn, "drop", None)
-    return drop is None or isinstance(drop, nn.Identity)
-
-
-def _identity(m: Optional[nn.Module]) -> bool:
-    return m is None or isinstance(m, nn.Identity)
 
 
 def _output(rows: torch.Tensor, like: torch.Tensor, shape: List[int]) -> torch.Tensor:
@@ -343,6 +368,23 @@ def _attend_rows(se: nn.Module, rows: torch.Tensor, pos: torch.Tensor, shape: Li
     dense.index_copy_(0, pos, rows)
     attended = se(_output(dense, like, shape))
     return _rows(attended).index_select(0, pos)
+
+
+def _plain_conv(conv: nn.Module, depthwise_ok: bool) -> bool:
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    return conv.groups == 1 or (depthwise_ok and conv.groups == conv.in_channels == conv.out_channels)
+
+
+def _plain_norm(bn: nn.Module) -> bool:
+    if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_mean is None:
+        return False
+    drop = getattr(bn, "drop", None)
+    return drop is None or isinstance(drop, nn.Identity)
+
+
+def _identity(m: Optional[nn.Module]) -> bool:
+    return m is None or isinstance(m, nn.Identity)
 
 
 # ----------------------------------------------------------------------------- gated blocks
@@ -439,11 +481,46 @@ class _GatedResNetBlock(_Gated):
 
     @torch.jit.unused
     def _forward_sparse(self, x, shortcut, mask):
-        pos, h = self._branch_rows(x, mask)
-        shape = [x.shape[0], h.shape[1], shortcut.shape[-2], shortcut.shape[-1]]
+        """The branch at the kept pixels ``pos``, added into the shortcut's rows there."""
+        pos, table, nbrs = self._sparse_table(x, mask)
+        shape = [x.shape[0], shortcut.shape[1], shortcut.shape[-2], shortcut.shape[-1]]
+        out = _owned_rows(shortcut, x)  # the downsample's fresh output is written in place
+        last_act = self._last_act_module()
+        n = pos.numel()
+        step = _chunk_rows(nbrs.shape[1] * table.shape[1] + 2 * shape[1])
+        cols_buffer = table.new_empty(min(step, n) * nbrs.shape[1], table.shape[1])
+        if self.se is None and _idempotent(last_act):
+            # fused: per chunk, shortcut rows + branch, written back; the activation then runs over
+            # the whole map in place (a second application at kept rows changes nothing)
+            for s in range(0, n, step):
+                e = min(s + step, n)
+                rows = out.index_select(0, pos[s:e])
+                out.index_copy_(0, pos[s:e], self._add_branch(rows, table, nbrs[s:e], cols_buffer))
+            return _output(_act_(out, last_act), x, shape)
+        branch = table.new_zeros(n, shape[1])
+        for s in range(0, n, step):
+            e = min(s + step, n)
+            self._add_branch(branch[s:e], table, nbrs[s:e], cols_buffer)
         if self.se is not None:
-            h = _attend_rows(self.se, h, pos, shape, x)
-        return _output(self._last_act(_add_at(shortcut, pos, h)), x, shape)
+            branch = _attend_rows(self.se, branch, pos, shape, x)
+        kept = out.index_select(0, pos).add_(branch)
+        out = _act_(out, last_act)
+        out.index_copy_(0, pos, _act_(kept, last_act))
+        return _output(out, x, shape)
+
+    def _sparse_table(self, x: torch.Tensor, mask: torch.Tensor):
+        """(kept pixels of ``mask``, the packed table the branch's last k x k conv reads, its
+        neighbourhoods (N, kh*kw) in that table)."""
+        raise NotImplementedError
+
+    def _add_branch(self, rows: torch.Tensor, table: torch.Tensor, nbrs: torch.Tensor,
+                    cols_buffer: torch.Tensor) -> torch.Tensor:
+        """``rows`` (n, C_out) plus the branch (up to its last norm) at the n pixels whose
+        neighbourhoods are ``nbrs``; in place, returned."""
+        raise NotImplementedError
+
+    def _last_act_module(self) -> nn.Module:
+        raise NotImplementedError
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -470,15 +547,33 @@ class GatedBasicBlock(_GatedResNetBlock, BasicBlock):
     def _last_act(self, h: torch.Tensor) -> torch.Tensor:
         return self.act2(h)
 
+    def _last_act_module(self) -> nn.Module:
+        return self.act2
+
     @torch.jit.unused
-    def _branch_rows(self, x, mask):
-        """(kept pixels, the branch's rows there): conv2 at the kept pixels, conv1 where conv2 reads."""
+    def _sparse_table(self, x, mask):
+        """conv2 reads conv1's output where its kept pixels' neighbourhoods reach; conv1 reads the
+        block input where those reach in turn (packed too: it has the zero row)."""
         b, _, hi, wi = x.shape
         ho, wo = mask.shape[-2:]
-        pos, nbr2, need1 = _kept_and_needed(mask, self.conv2, [ho, wo])
-        nbr1 = _fix_outside(_neighbours(need1, [ho, wo], [hi, wi], self.conv1), b * hi * wi)
-        h1 = self.act1(_norm_rows(_conv_rows(_with_zero_row(_rows(x)), nbr1, self.conv1), self.bn1))
-        return pos, _conv_norm_at(h1, need1, nbr2, b * ho * wo, self.conv2, self.bn2)
+        pos = mask.view(-1).nonzero().squeeze(1)
+        nbrs2 = _neighbours(pos, [ho, wo], [ho, wo], self.conv2)
+        need1 = _needed(nbrs2, b * ho * wo)
+        nbrs1 = _neighbours(need1, [ho, wo], [hi, wi], self.conv1)
+        need0 = _needed(nbrs1, b * hi * wi)
+        x_table = _table(need0.numel(), x.shape[1], x)
+        torch.index_select(_rows(x), 0, need0, out=x_table[:need0.numel()])
+        w1, b1 = _folded(self.conv1, self.bn1)
+        h1 = _table(need1.numel(), w1.shape[1], x)
+        _conv_into(h1, x_table, _packed(nbrs1, need0, b * hi * wi), w1, b1, self.act1)
+        return pos, h1, _packed(nbrs2, need1, b * ho * wo)
+
+    @torch.jit.unused
+    def _add_branch(self, rows, table, nbrs, cols_buffer):
+        w2, b2 = _folded(self.conv2, self.bn2)
+        n = nbrs.shape[0]
+        cols = torch.index_select(table, 0, nbrs.reshape(-1), out=cols_buffer[:nbrs.numel()])
+        return torch.addmm(rows.add_(b2), cols.view(n, -1), w2, out=rows)
 
 
 class GatedBottleneck(_GatedResNetBlock, Bottleneck):
@@ -502,15 +597,30 @@ class GatedBottleneck(_GatedResNetBlock, Bottleneck):
     def _last_act(self, h: torch.Tensor) -> torch.Tensor:
         return self.act3(h)
 
+    def _last_act_module(self) -> nn.Module:
+        return self.act3
+
     @torch.jit.unused
-    def _branch_rows(self, x, mask):
-        """(kept pixels, the branch's rows there): conv3 and conv2 at the kept pixels, conv1
-        (1x1) where conv2 reads."""
+    def _sparse_table(self, x, mask):
+        """conv2 (k x k, maybe strided) reads conv1's (1x1) output where its kept pixels'
+        neighbourhoods reach; conv1 is computed there, straight from the block input's rows."""
         b, _, hi, wi = x.shape
-        pos, nbr2, need1 = _kept_and_needed(mask, self.conv2, [hi, wi])
-        h1 = self.act1(_pointwise_rows(_rows(x).index_select(0, need1), self.conv1, self.bn1))
-        h2 = self.act2(_conv_norm_at(h1, need1, nbr2, b * hi * wi, self.conv2, self.bn2))
-        return pos, _pointwise_rows(h2, self.conv3, self.bn3)
+        pos = mask.view(-1).nonzero().squeeze(1)
+        nbrs2 = _neighbours(pos, [mask.shape[-2], mask.shape[-1]], [hi, wi], self.conv2)
+        need1 = _needed(nbrs2, b * hi * wi)
+        w1, b1 = _folded(self.conv1, self.bn1)
+        h1 = _table(need1.numel(), w1.shape[1], x)
+        _conv_into(h1, _rows(x), need1, w1, b1, self.act1)
+        return pos, h1, _packed(nbrs2, need1, b * hi * wi)
+
+    @torch.jit.unused
+    def _add_branch(self, rows, table, nbrs, cols_buffer):
+        w2, b2 = _folded(self.conv2, self.bn2)
+        w3, b3 = _folded(self.conv3, self.bn3)
+        n = nbrs.shape[0]
+        cols = torch.index_select(table, 0, nbrs.reshape(-1), out=cols_buffer[:nbrs.numel()])
+        h2 = _act_(torch.addmm(b2, cols.view(n, -1), w2), self.act2)
+        return torch.addmm(rows.add_(b3), h2, w3, out=rows)
 
 
 class GatedInvertedResidual(InvertedResidual, _Gated):
@@ -549,14 +659,42 @@ class GatedInvertedResidual(InvertedResidual, _Gated):
 
     @torch.jit.unused
     def _forward_sparse(self, x, mask):
+        """conv_dw and conv_pwl at the kept pixels ``pos``, conv_pw where conv_dw's neighbourhoods
+        reach; per chunk of kept pixels, the depthwise output feeds conv_pwl from cache and is
+        added into the input's rows there."""
         b, c, hi, wi = x.shape
-        pos, nbr_dw, need1 = _kept_and_needed(mask, self.conv_dw, [hi, wi])
-        h1 = _pointwise_rows(_rows(x).index_select(0, need1), self.conv_pw, self.bn1)
-        h2 = _conv_norm_at(h1, need1, nbr_dw, b * hi * wi, self.conv_dw, self.bn2)
+        pos = mask.view(-1).nonzero().squeeze(1)
+        nbrs = _neighbours(pos, [hi, wi], [hi, wi], self.conv_dw)
+        need1 = _needed(nbrs, b * hi * wi)
+        x_rows = _rows(x)
+        w_pw, b_pw = _folded(self.conv_pw, self.bn1)
+        h1 = _table(need1.numel(), w_pw.shape[1], x)
+        _conv_into(h1, x_rows, need1, w_pw, b_pw, getattr(self.bn1, "act", None))
+        nbrs = _packed(nbrs, need1, b * hi * wi)
+        taps, b_dw = _folded(self.conv_dw, self.bn2)
+        w_pwl, b_pwl = _folded(self.conv_pwl, self.bn3)
+        act2, act3 = getattr(self.bn2, "act", None), getattr(self.bn3, "act", None)
+        out = _owned_rows(x, x)
+        n, k, mid = pos.numel(), nbrs.shape[1], h1.shape[1]
+        step = _chunk_rows((k + 1) * mid + 2 * c)
+        cols_buffer = h1.new_empty(min(step, n) * k, mid)
+        if isinstance(self.se, nn.Identity) and _identity(act3):
+            h2_buffer = h1.new_empty(min(step, n), mid)
+            for s in range(0, n, step):
+                e = min(s + step, n)
+                h2 = _act_(_depthwise(h1, nbrs[s:e], taps, b_dw, cols_buffer, h2_buffer[:e - s]), act2)
+                rows = out.index_select(0, pos[s:e]).add_(b_pwl)
+                out.index_copy_(0, pos[s:e], torch.addmm(rows, h2, w_pwl, out=rows))
+            return _output(out, x, [b, c, hi, wi])
+        h2 = h1.new_empty(n, mid)
+        for s in range(0, n, step):
+            e = min(s + step, n)
+            _act_(_depthwise(h1, nbrs[s:e], taps, b_dw, cols_buffer, h2[s:e]), act2)
         if not isinstance(self.se, nn.Identity):
-            h2 = _attend_rows(self.se, h2, pos, [b, h2.shape[1], hi, wi], x)
-        h3 = _pointwise_rows(h2, self.conv_pwl, self.bn3)
-        return _output(_add_at(x, pos, h3), x, [b, c, hi, wi])
+            h2 = _attend_rows(self.se, h2, pos, [b, mid, hi, wi], x)
+        h3 = _act_(torch.addmm(b_pwl, h2, w_pwl), act3)
+        out.index_copy_(0, pos, out.index_select(0, pos).add_(h3))
+        return _output(out, x, [b, c, hi, wi])
 
 
 _GATED = {BasicBlock: GatedBasicBlock, Bottleneck: GatedBottleneck, InvertedResidual: GatedInvertedResidual}
