@@ -282,6 +282,7 @@ def aw_formulations(aw: AWConv2d) -> Dict[str, Callable[[torch.Tensor], torch.Te
     """Exact formulations of ``aw``'s forward: name -> function of the input."""
     forms = {
         "AWConv2d (as shipped)": aw,
+        "chunks of 4 MiB (before)": _with_chunk_bytes(aw, 4 << 20),
         "batch folded whole": _with_chunk_bytes(aw, 1 << 62),
         "folded per sample": _with_chunk_bytes(aw, 0),
     }
@@ -652,8 +653,10 @@ def render_section(args, argv, rows: Dict[str, VariantRow], stage_rows: List[Sta
             f"the same run so the formulations are compared side by side. AWConv2d's attention MLP has small "
             f"random last-layer weights (fresh, it is zero and A = 0). Formulations: "
             f"\"as shipped\" is `AWConv2d.forward` (per-sample kernels as a grouped conv with the "
-            f"batch folded into the groups, cut into chunks of at most 4 MiB of kernels plus "
-            f"activations, with its own backward for K + A (.) K); \"batch folded whole\" folds "
+            f"batch folded into the groups, cut into chunks of at most "
+            f"{AWConv2d.cpu_chunk_bytes / 2 ** 20:g} MiB of kernels plus "
+            f"activations, with its own backward for K + A (.) K); \"chunks of 4 MiB (before)\" "
+            f"is the same with the cap it had before; \"batch folded whole\" folds "
             f"all samples at once; \"folded per sample\" runs one sample per chunk; \"unfold + bmm\" "
             f"multiplies each sample's kernel matrix with its unfolded input.")
         worst = max(max(r.errors.values()) for r in stage_rows)

@@ -725,6 +725,19 @@ def test_aw_conv_equals_per_sample_reference(config, mixing, chunk_bytes):
     torch.testing.assert_close(aw(x), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("channels,side,groups,expected", [
+    (64, 56, 1, 8), (128, 28, 1, 8), (256, 14, 1, 6), (512, 7, 1, 1), (960, 7, 960, 8)])
+def test_aw_conv_cpu_chunks_at_resnet_shapes(channels, side, groups, expected):
+    """Batch 8 on CPU: the whole batch folds up to 128 channels and for depthwise convs, one sample
+    per chunk at 512 channels, where the whole batch's 75 MB of kernels page-fault every step
+    (AWConv2d docstring). A cap or size rule that folds 512 channels whole again, or splits the
+    small convs into per-sample chunks, fails here."""
+    aw = AWConv2d(channels, channels, 3, padding=1, groups=groups)
+    x = torch.empty(8, channels, side, side)
+    assert min(aw._samples_per_chunk(x), 8) == expected
+    assert len(x.split(aw._samples_per_chunk(x))) == -(-8 // expected)
+
+
 @pytest.mark.parametrize("mixing", ["element", "channel"])
 def test_aw_conv_attention_has_weight_shape_per_sample(mixing):
     aw = AWConv2d(12, 20, (3, 5), padding=(1, 2), groups=4, mixing=mixing)

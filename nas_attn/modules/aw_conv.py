@@ -117,31 +117,59 @@ class AWConv2d(nn.Module):
 
     Per-sample kernels run as a grouped conv with the batch folded into the groups. On CPU
     the batch is cut into chunks whose modulated kernels plus activations stay under
-    ``cpu_chunk_bytes`` (4 MiB); other devices fold the whole batch. The modulation
-    ``K + A (.) K`` has its own backward (:class:`_ModulateKernel`). Measured forward +
-    backward, batch 8, fp32, 3x3, stride 1, element mixing, torch 2.14 CPU, 1 thread, ms
-    (best of 3-4 rounds on a shared 2-core machine; repeated runs vary by up to 15 %;
-    2 threads ranked the candidates the same way):
+    ``cpu_chunk_bytes`` (16 MiB; at batch 8 that folds the whole batch up to 128 channels,
+    6 samples at 256, one at 512); other devices fold the whole batch. The modulation
+    ``K + A (.) K`` has its own backward (:class:`_ModulateKernel`).
 
-    =============  =========  ===========  ==========  ==========  ==============  ==========
-    C, H x W       nn.Conv2d  whole batch  per sample  **chosen**  chosen, but     unfold +
-                   (no attn)  folded       folded      (4 MiB)     autograd mod.   bmm
-    =============  =========  ===========  ==========  ==========  ==============  ==========
-    64, 56x56      33         38           40          40 (2/ch.)  39              114
-    128, 28x28     29         39           40          40 (3/ch.)  40              86
-    256, 14x14     29         66           58          58 (1/ch.)  65              93
-    512, 7x7       34         389          188         188-211     294             190
-    dw 64, 56x56   6.3        9.7          10.7        10.4 (all)  9.9             69
-    dw 256, 14x14  0.8        3.7          7.2         3.9 (all)   3.7             21
-    dw 960, 7x7    0.8        6.8          10.8        6.7 (all)   6.7             46
-    =============  =========  ===========  ==========  ==========  ==============  ==========
+    Why 16 MiB (it was 4 MiB). Measured forward + backward, batch 8, fp32, 3x3, stride 1,
+    element mixing, torch 2.14 CPU, one thread, CPU time of the process (user + system),
+    median (min) of 7 interleaved rounds, ms, on the shared 2-core machine at load 12-17
+    (samples per chunk in brackets):
 
-    At 512 channels the whole batch's kernels are 75 MB (and their gradients as much
-    again); buffers that large are fresh page-faulted allocations on every step, which
-    the chunking avoids. The first version (autograd ``K * (1 + A)``, whole batch folded)
-    took 448 ms there; channels-last layouts of the folded conv were 8-49 % slower than
-    contiguous ones. No exact reformulation avoids per-sample kernels: pushing A into the
-    input (``sum_m W2[:, m] * conv(h_m (.) unfold(I), K)``) costs ``mid`` full convolutions.
+    =============  =========  ============  =============  ===========  ==========
+    C, H x W       nn.Conv2d  4 MiB cap     **16 MiB cap** whole batch  per sample
+                   (no attn)  (before)      (chosen)       folded       folded
+    =============  =========  ============  =============  ===========  ==========
+    64, 56x56      57 (55)    69 (67) [2]   63 (62) [8]    63 (61)      73 (67)
+    128, 28x28     53 (51)    67 (66) [3]   64 (63) [8]    63 (61)      74 (69)
+    256, 14x14     53 (52)    91 (86) [1]   93 (90) [6]    93 (86)      93 (83)
+    512, 7x7       59 (56)    301 (225) [1] 322 (240) [1]  466 (425)    263 (227)
+    dw 64, 56x56   6.8 (5.9)  13.1 (11.2)   10.8 (9.3)     10.8 (10.1)  15.5 (13.2)
+    dw 256, 14x14  2.0 (1.6)  4.9 (4.3)     4.6 (4.1)      5.0 (4.2)    9.8 (8.9)
+    dw 960, 7x7    2.3 (1.9)  8.4 (7.7)     8.5 (7.9)      8.7 (7.5)    15.4 (14.8)
+    =============  =========  ============  =============  ===========  ==========
+
+    (At 512 the 4 and 16 MiB caps run the same code, one sample per chunk: their gap is the
+    run's noise.) What the chunk size changes, and why the earlier table here and the
+    idle two-thread table in BENCHMARKS.md ("AW-conv per stage", where the whole batch was
+    1.2-1.5x faster than 4 MiB chunks at every non-depthwise stage) disagreed:
+
+    - With one thread the user time is the same for every chunking (512x7x7: 171-196 ms
+      for 1, 2, 3, 4 or 8 samples per chunk). What differs is system time for page faults:
+      buffers above glibc's mmap threshold (at most 32 MiB) are fresh mappings on every
+      step, and the whole batch's kernels at 512 channels are 75 MB (their gradients,
+      the attention and its gradient as much again): 184,000 minor faults and 335 ms of
+      system time per step, against 53,000 and 84 ms in one-sample chunks.
+    - With two threads every chunk's ops are separate parallel regions, each too small to
+      keep both threads busy; fewer, larger chunks parallelise better, which is why the
+      whole batch won the idle two-thread run even at 512 channels (239 against 273 ms),
+      where it pays the page faults. Under load the gap grows (threads spin waiting for
+      each other): 256x14x14 at 2 threads, load 16, 1,250 ms wall with the whole batch
+      against 2,970 ms in one-sample chunks.
+
+    So the cap folds as many samples as it can while each chunk's kernels stay well below
+    glibc's mmap ceiling: the whole batch at 64-128 channels and for depthwise convs, where
+    both thread counts favour it or are indifferent, 6 samples at 256, one at 512, where one
+    thread loses 1.5-2.2x to the whole batch's page faults. The first version (autograd
+    ``K * (1 + A)``, whole batch folded) took 448 ms at 512 channels; with autograd's own
+    backward for the modulation instead of :class:`_ModulateKernel` the 512x7x7 step took
+    294 against 188 ms; channels-last layouts of the folded conv were 8-49 % slower than
+    contiguous ones; one matrix product per sample over the unfolded input (unfold + bmm)
+    was slower than the chunked fold at every shape but 512x7x7 (a tie) in the earlier
+    one-thread measurement, and slower than the whole-batch fold at every shape in the idle
+    two-thread run. No exact reformulation avoids
+    per-sample kernels: pushing A into the input (``sum_m W2[:, m] * conv(h_m (.) unfold(I),
+    K)``) costs ``mid`` full convolutions.
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
@@ -160,7 +188,7 @@ class AWConv2d(nn.Module):
         "mid": int_spec(8, 1, None, doc="hidden width of the attention MLP"),
         "mixing": choice_spec("element", ("element", "channel"), doc="attention MLP form"),
     }
-    cpu_chunk_bytes = 4 << 20
+    cpu_chunk_bytes = 16 << 20  # bytes of modulated kernels plus activations per chunk, see above
     __constants__ = ["cpu_chunk_bytes"]  # TorchScript sees instance attributes only, or constants
 
     def __init__(
