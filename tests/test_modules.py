@@ -382,8 +382,8 @@ def _rel(a, b):
 
 
 # Plane sides cover: 1 x 1, kernel wider than the plane, planes taller than wide (transposed for
-# the banded conv), short sides above the 16-row band block that 16 does not divide (33, 35, 20:
-# the blocked path with a cropped last block), and square planes.
+# the banded conv), short sides above the 28-row single band block (33: 3 blocks of 11 rows;
+# 35: 3 blocks of 12 with a cropped last block), 20 and 17 in one block, and square planes.
 SCA_SHAPES = [((2, 16, 7, 5), 7), ((3, 8, 1, 1), 3), ((2, 40, 3, 12), 5), ((1, 24, 9, 9), 7),
               ((2, 40, 35, 33), 7), ((1, 12, 20, 50), 5), ((2, 64, 17, 17), 1)]
 

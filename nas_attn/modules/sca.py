@@ -13,11 +13,14 @@ from torch import nn
 
 from ._common import BatchNorm2dAnySize, check_values, exporting, int_spec, reject_unknown
 
-# Planes whose short side has at most this many rows run the banded conv in one block; taller
-# ones are cut into blocks of this many output rows (each with its k - 1 halo rows), so the
-# band's zeros stay a bounded multiple of the kernel. Measured, batch 8, one thread, forward +
-# backward of a 7 x 7 plane conv: 56 x 256 plane 7.2 ms in one block, 5.1-5.6 ms in blocks of
-# 14-16 rows; 28 x 512 4.2 ms in one block, 4.9-5.1 ms in blocks.
+# Planes whose short side has at most ``_ONE_BLOCK_ROWS`` rows run the banded conv in one block;
+# taller ones are cut into the fewest blocks of at most ``_BAND_ROWS`` output rows, evened out
+# (56 rows: 4 blocks of 14), each with its k - 1 halo rows, so the band's zeros stay a bounded
+# multiple of the kernel. Measured, batch 8, one thread, forward + backward of a 7 x 7 plane
+# conv, medians of 21 interleaved rounds under load: 56 x 256 plane 9.8 ms in blocks of 16,
+# 8.1 in blocks of 14; 28 x 512 9.3 in blocks of 16, 7.7 in blocks of 14, 5.7 in one block;
+# 56 x 56 2.5 -> 2.3 (16 -> 14). (An earlier measurement: 56 x 256 7.2 ms in one block.)
+_ONE_BLOCK_ROWS = 28
 _BAND_ROWS = 16
 
 
@@ -49,27 +52,29 @@ def _banded_conv(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.conv2d(maps, weight, padding=k // 2)`` for maps (B, 2, P, Q), weight (1, 2, k, k), odd k.
 
     The same sums as the 2-D conv, taken as a 1-D conv along Q with 2P input and P output
-    channels (P in blocks of ``_BAND_ROWS`` when taller). oneDNN runs a 2 -> 1 channel conv as a
-    matrix-vector product and its input gradient as a transposed conv; this form gives it
-    real matrix products. Measured, batch 8, one thread, forward + backward of a 7 x 7 conv:
-    7 x 2048 plane 31 ms as conv2d, 2.1 ms banded; 14 x 1024 31 -> 2.7; 28 x 512 32 -> 4.2;
-    56 x 56 7.1 -> 1.3. The band holds zeros (up to 2x the kernel's multiply-adds in blocks of
-    16 rows): the cost model counts the 2-D conv's k x k multiply-adds, which the no-grad and
-    exported forwards run.
+    channels (P in blocks of at most ``_BAND_ROWS`` when taller than ``_ONE_BLOCK_ROWS``).
+    oneDNN runs a 2 -> 1 channel conv as a matrix-vector product and its input gradient as a
+    transposed conv; this form gives it real matrix products. Measured, batch 8, one thread,
+    forward + backward of a 7 x 7 conv: 7 x 2048 plane 31 ms as conv2d, 2.1 ms banded;
+    14 x 1024 31 -> 2.7; 28 x 512 32 -> 4.2; 56 x 56 7.1 -> 1.3. The band holds zeros (it
+    runs window / k times the kernel's multiply-adds: 2.9x in blocks of 14 rows, 4x in one
+    block of 28): the cost model counts the 2-D conv's k x k multiply-adds, which the no-grad
+    and exported forwards run.
     """
     b, _, rows, cols = maps.shape
     k = weight.shape[-1]
     pad = k // 2
-    if rows <= _BAND_ROWS:
+    if rows <= _ONE_BLOCK_ROWS:
         band = _banded_weight(weight, rows, rows, pad)
         return F.conv1d(maps.reshape(b, 2 * rows, cols), band, padding=pad).view(b, 1, rows, cols)
     blocks = -(-rows // _BAND_ROWS)
-    window = _BAND_ROWS + 2 * pad
-    padded = F.pad(maps, (0, 0, pad, blocks * _BAND_ROWS - rows + pad))
+    block_rows = -(-rows // blocks)
+    window = block_rows + 2 * pad
+    padded = F.pad(maps, (0, 0, pad, blocks * block_rows - rows + pad))
     # (B, 2, blocks, cols, window) -> (B * blocks, 2 * window, cols): each block with its halo rows
-    windows = padded.unfold(2, window, _BAND_ROWS).permute(0, 2, 1, 4, 3).reshape(b * blocks, 2 * window, cols)
-    band = _banded_weight(weight, _BAND_ROWS, window, 0)
-    out = F.conv1d(windows, band, padding=pad).view(b, blocks * _BAND_ROWS, cols)
+    windows = padded.unfold(2, window, block_rows).permute(0, 2, 1, 4, 3).reshape(b * blocks, 2 * window, cols)
+    band = _banded_weight(weight, block_rows, window, 0)
+    out = F.conv1d(windows, band, padding=pad).view(b, blocks * block_rows, cols)
     return out[:, :rows].unsqueeze(1)
 
 
