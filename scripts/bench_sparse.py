@@ -57,7 +57,8 @@ import torch
 import torch.nn.functional as F
 
 from nas_attn.cost import measure
-from nas_attn.modules import gate_block, why_not_gateable
+from nas_attn.modules import DSAGate, gate_block, why_not_gateable
+from nas_attn.modules.dsa_gate import _SPARSE
 
 SECTION_TITLE = "## DSA gate: sparse inference speed (scripts/bench_sparse.py)"
 FILE_HEADER = "# nas_attn benchmarks\n\nEach section gives the command that produced it.\n"
@@ -187,7 +188,11 @@ def bench_model(args, model_name: str, batch: int, rng: random.Random, log) -> L
             cost = measure(model, size, data=x_nchw if name == "dense (NCHW)" else x)
             kept = [v for k, v in cost.dsa_kept.items() if k.endswith("gate")]
             out = model(x)
+            # which gated blocks took the sparse path in that forward (each block's speed rule, or
+            # forced), the same choice every timed forward makes: the input does not change
+            sparse_blocks = sum(1 for m in model.modules() if isinstance(m, DSAGate) and m.last_route == _SPARSE)
             rows[name] = {"model": model_name, "batch": batch, "variant": name, "gated_blocks": n_gated or 0,
+                          "sparse_blocks": sparse_blocks,
                           "macs": cost.macs, "effective_macs": cost.effective_macs,
                           "mean_kept": statistics.mean(kept) if kept else 1.0,
                           "max_abs_diff": (float((out - reference).abs().max())
@@ -203,7 +208,8 @@ def bench_model(args, model_name: str, batch: int, rng: random.Random, log) -> L
         row["speedup"] = dense_ms / row["ms"]
         row["mac_ratio"] = row["macs"] / row["effective_macs"]
         log(f"{model_name} b{batch} {name:<26} {row['ms']:9.1f} ms  speedup {row['speedup']:.2f}x  "
-            f"MAC ratio {row['mac_ratio']:.2f}x  mean kept {row['mean_kept']:.3f}")
+            f"MAC ratio {row['mac_ratio']:.2f}x  mean kept {row['mean_kept']:.3f}  "
+            f"sparse blocks {row['sparse_blocks']}/{row['gated_blocks']}")
     return list(rows.values())
 
 
@@ -222,11 +228,13 @@ def render_section(args, argv, rows: List[dict], load_before, load_after, starte
              "every gate has keep_ratio 1, so its rule keeps every pixel without computing a mask (plain "
              "block); `threshold 0 (mask computed)`: every gate computes its mask, which keeps every pixel "
              "(plain block after the mask); `forced sparse`: keep 1.0 through the gather/scatter path. "
+             "`sparse blocks`: gated blocks that ran the sparse path (each block chooses it from its kept "
+             "fraction by its kind's measured rule, README \"DSA gate\"; the others run dense, masked). "
              "Weights are random-init; the input is random crops of scikit-learn's two sample photographs.", "",
-             "| model | batch | variant | gated blocks | mean kept | ms | speedup | MAC ratio | effective MACs/image |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| model | batch | variant | gated blocks | sparse blocks | mean kept | ms | speedup | MAC ratio | effective MACs/image |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['gated_blocks']} | {r['mean_kept']:.3f} | "
+        lines.append(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['gated_blocks']} | {r['sparse_blocks']} | {r['mean_kept']:.3f} | "
                      f"{r['ms']:.1f} [{r['ms_min']:.1f}-{r['ms_max']:.1f}] | {r['speedup']:.2f}x | "
                      f"{r['mac_ratio']:.2f}x | {r['effective_macs']:,.0f} |")
     lines.append("")

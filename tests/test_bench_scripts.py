@@ -128,6 +128,10 @@ def test_bench_sparse_smoke(tmp_path, capsys):
     for variant in ("| dense |", "| keep 0.5 |", "| keep 1.0 (gate overhead) |", "| keep 1.0, forced sparse |"):
         assert variant in text
     assert "Load average" in text and "gate overhead at keep 1.0" in text
+    # the sparse-blocks column: forced sparse runs every gated block (8 in resnet18) sparse, the
+    # plain-block overhead row none
+    assert "| resnet18 | 1 | keep 1.0, forced sparse | 8 | 8 |" in text
+    assert "| resnet18 | 1 | keep 1.0 (gate overhead) | 8 | 0 |" in text
     capsys.readouterr()
     with pytest.raises(SystemExit) as bad:  # argparse's exit on a bad flag: status 2, message on stderr
         _run_main(script, ["--keeps", "1.5", "--no-write"])

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas_attn.arch import attention_sites, build_model, gateable_blocks
 from nas_attn.cost import count, measure
-from nas_attn.modules import CPSAM, SCA, AWConv2d, available, create_attn, set_sparse
+from nas_attn.modules import CPSAM, SCA, AWConv2d, DSAGate, available, create_attn, set_sparse
 
 # Both block types of each supported family (arch.family): ResNet basic (resnet18) and bottleneck
 # (resnet26) blocks, EfficientNet inverted residuals with (efficientnet_b0) and without an SE slot
@@ -132,7 +132,12 @@ def test_family_with_every_module_matches_flop_counter(model_name):
     # the pixels and its branch convs are plain convs (no AW-conv); it then computes each branch
     # conv at the pixels counted by hand below, as matrix products that FlopCounterMode sees,
     # except the depthwise conv, run as per-tap addcmul (point-wise, so FlopCounterMode sees 0).
+    # sparse_max_kept is set (0.9) rather than left to each block kind's measured speed rule,
+    # which keeps these small inverted residuals dense: this test is about what the sparse path
+    # computes, and needs blocks of every kind to take it.
     set_sparse(model, True)
+    for gate in (m for m in model.modules() if isinstance(m, DSAGate)):
+        gate.sparse_max_kept = 0.9
     sparse, inside = flop_counter_batch_macs(model, x)
     partly_dilated = False
     skipped = 0  # dense MACs the sparse path did not run, or ran where FlopCounterMode cannot see
@@ -145,7 +150,7 @@ def test_family_with_every_module_matches_flop_counter(model_name):
         block_dense = cost.under(name).macs * batch
         # seen from outside: in the sparse path the branch conv modules are never called
         is_sparse = f"{name}.{next(iter(pixels))}" not in inside
-        expect_sparse = aw == 0 and mask.float().mean() <= block.gate.sparse_max_kept
+        expect_sparse = aw == 0 and int(mask.sum()) <= 0.9 * mask.numel()
         assert is_sparse == expect_sparse, name
         for conv_name, (n, per_pixel) in pixels.items():
             path = f"{name}.{conv_name}"

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas_attn.arch import ArchError, build_model, gateable_blocks
+from nas_attn.modules.dsa_gate import _DENSE_ALL, _DENSE_MASKED, _DENSE_MASKED_NO_GRAD, _SPARSE
 from nas_attn.modules import (
     DSA, DSAGate, HYPERPARAMETERS, available, branch_fractions, check_kwargs, create_attn,
     gate_block, is_gated, set_sparse, why_not_gateable,
@@ -150,6 +151,7 @@ def test_flat_input_keeps_every_pixel():
 def test_sparse_equals_dense_masked(model_name, block_name, kw, channels_last):
     block, x = _block_and_input(model_name, block_name)
     gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+    block.gate.sparse_max_kept = 1.0  # the sparse path whatever the speed rule says of this small map
     assert block._sparse_supported()
     if channels_last:
         block = block.to(memory_format=torch.channels_last)
@@ -159,6 +161,7 @@ def test_sparse_equals_dense_masked(model_name, block_name, kw, channels_last):
         dense = block(x)
         set_sparse(block, True)
         sparse = block(x)
+        assert block.gate.last_route == _SPARSE
     assert block.gate.kept_fraction == pytest.approx(0.3, abs=0.05)
     scale = dense.abs().max()
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(scale))
@@ -170,11 +173,13 @@ def test_sparse_equals_dense_with_attention_in_the_slot(attention):
     block, x = _block_and_input("resnet18", "layer1.0")
     block.se = create_attn(attention, block.bn2.num_features).eval()
     gate_block(block, threshold=0.5)
+    block.gate.sparse_max_kept = 1.0
     with torch.no_grad():
         set_sparse(block, False)
         dense = block(x)
         set_sparse(block, True)
         sparse = block(x)
+        assert block.gate.last_route == _SPARSE
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
 
 
@@ -183,6 +188,7 @@ def test_sparse_path_skips_the_branch_convs_and_computes_only_needed_pixels():
     branch_fractions charges for (the effective MACs the cost model counts)."""
     block, x = _block_and_input("resnet50", "layer2.0")
     gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+    block.gate.sparse_max_kept = 1.0
     called = []
     for name in ("conv1", "conv2", "conv3"):
         getattr(block, name).register_forward_pre_hook(lambda m, a, name=name: called.append(name))
@@ -363,6 +369,8 @@ def test_effective_macs_match_the_sparse_path_in_a_whole_model():
     blocks = {f"layer{i}.{j}": {"gate": {"prune_mode": "keep_ratio", "keep_ratio": 0.4}}
               for i in range(1, 5) for j in range(2)}
     model = build_model(_arch("resnet18", blocks)).eval()
+    for gate in (m for m in model.modules() if isinstance(m, DSAGate)):
+        gate.sparse_max_kept = 1.0  # every block sparse (the speed rule would keep 0.4 dense)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     cost = measure(model, data=x)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -529,7 +537,6 @@ def test_gated_model_exports_and_loads_in_plain_timm(tmp_path):
 # sparse (at most sparse_max_kept kept), dense masked in place (more), or the plain block with
 # no mask at all (every pixel kept). All must give the dense masked output.
 
-from nas_attn.modules.dsa_gate import _DENSE_ALL, _DENSE_MASKED, _DENSE_MASKED_NO_GRAD, _SPARSE  # noqa: E402
 
 ROUTE_BLOCKS = [BLOCKS[0], BLOCKS[3], BLOCKS[5], BLOCKS[6]]  # identity shortcut, downsample, IR, IR with SE
 
@@ -622,3 +629,79 @@ def test_gate_mask_is_dsas_rule_exactly(rule):
         assert torch.equal(gate(x, out_hw), expected), out_hw  # grad enabled: DSA's own foreground
         assert gate.kept_fraction == pytest.approx(float(expected.float().mean()))
         assert expected[1].all() and expected[3].all()
+
+
+# ----------------------------------------------------------------------------- sparse speed rule
+
+def test_speed_rule_follows_each_block_kinds_crossover_and_size_floor():
+    """Left to the gate (sparse_max_kept None), a block runs sparse at most at its kind's
+    measured crossover, and an inverted residual only on maps large enough to repay the sparse
+    path's fixed cost; a float sparse_max_kept overrides both."""
+    for model_name, block_name in (("resnet18", "layer1.0"), ("resnet50", "layer2.1"), ("mobilenetv2_100", "blocks.2.1")):
+        block, x = _block_and_input(model_name, block_name)
+        gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+        assert block.gate.sparse_max_kept is None
+        crossover, floor = block.SPARSE_CROSSOVER, block.SPARSE_MIN_ELEMENTS
+        assert 0.3 <= crossover < 0.9
+        big = max(10_000, floor // block._branch_width() + 1)  # output pixels, batch included
+        assert block.sparse_pays(int(crossover * big), big)
+        assert not block.sparse_pays(int(crossover * big) + 1, big)
+        if floor:  # a small map stays dense even when it keeps few pixels
+            small = floor // block._branch_width() - 1
+            assert not block.sparse_pays(1, small)
+        block.gate.sparse_max_kept = 1.0
+        assert block.sparse_pays(big, big)
+        block.gate.sparse_max_kept = 0.0
+        assert not block.sparse_pays(1, big)
+    # and through a forward: keep 0.7 runs dense (it would be slower sparse), keep 0.2 sparse
+    block, x = _block_and_input("resnet50", "layer2.1")
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.7)
+    with torch.no_grad():
+        block(x)
+        assert block.gate.last_route == _DENSE_MASKED_NO_GRAD
+        block.gate.keep_ratio = 0.2
+        block(x)
+        assert block.gate.last_route == _SPARSE
+
+
+def test_folded_weights_follow_in_place_changes():
+    """The sparse path folds BatchNorm into the conv weights once and caches the fold; any change
+    of a weight or running statistic (in place, load_state_dict) must be seen by the next forward."""
+    block, x = _block_and_input("resnet50", "layer2.1")
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+    block.gate.sparse_max_kept = 1.0
+    with torch.no_grad():
+        first = block(x)
+        block.bn2.running_var.mul_(3.0)
+        block.conv3.weight.mul_(-0.5)
+        second = block(x)
+        set_sparse(block, False)
+        dense = block(x)
+        state = copy.deepcopy(block.state_dict())
+        state["bn1.running_mean"] += 1.0
+        block.load_state_dict(state)
+        dense_loaded = block(x)
+        set_sparse(block, True)
+        sparse_loaded = block(x)
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(second, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+    torch.testing.assert_close(sparse_loaded, dense_loaded, rtol=1e-5, atol=1e-5 * float(dense_loaded.abs().max()))
+
+
+@pytest.mark.parametrize("act_layer", ["silu", "gelu"])
+def test_sparse_equals_dense_with_a_non_idempotent_last_activation(act_layer):
+    """ReLU after the residual add is applied to the whole map after the kept rows had it (safe:
+    relu(relu(v)) = relu(v)); other activations take the path that applies it once."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet50", act_layer=act_layer)
+    _randomise_norms(model)
+    block = model.layer2[1].eval()
+    x = torch.randn(2, 512, 8, 8, generator=torch.Generator().manual_seed(2))
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+    block.gate.sparse_max_kept = 1.0
+    with torch.no_grad():
+        sparse = block(x)
+        assert block.gate.last_route == _SPARSE
+        set_sparse(block, False)
+        dense = block(x)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))

@@ -62,10 +62,12 @@ class DSAGate(DSA):
         channels: input channels of the gated block (unused; timm's signature).
         sparse: in eval mode, run the gated branch on the kept pixels only (gather, compute,
             scatter). False keeps the dense masked computation everywhere. Either gives the
-            same output; ``set_sparse(model, False)`` flips every gate of a model. A forward
-            whose mask keeps more than ``sparse_max_kept`` (default 0.9) of the pixels runs
-            dense anyway: gathering nearly every pixel costs more than it saves. In inference
-            such a dense branch is masked in place, and a mask that keeps every pixel runs the
+            same output; ``set_sparse(model, False)`` flips every gate of a model. Whether a
+            forward runs sparse is decided per block from its mask's kept fraction
+            (:meth:`_Gated.sparse_pays`): by default against the crossover measured for the
+            block's kind, below which the sparse path is faster than the dense block; with
+            ``sparse_max_kept`` set to a float, against that fraction alone (1.0 forces the
+            sparse path). In inference a dense branch is masked in place, and a mask that keeps every pixel runs the
             plain timm block with no mask at all (see ``_Gated._route``), so a gate that prunes
             nothing costs only its mask: saliency, min-max, comparison and count, a dozen small
             operations (none at all with ``prune_mode="keep_ratio", keep_ratio=1``).
@@ -93,6 +95,7 @@ class DSAGate(DSA):
     __jit_unused_properties__ = ["kept_fraction"]
     last_mask: Optional[torch.Tensor]
     last_in_size: Tuple[int, int]
+    sparse_max_kept: Optional[float]
 
     def __init__(self, channels: int, sparse: bool = True, **kwargs):
         if "reweight" in kwargs:
@@ -101,7 +104,12 @@ class DSAGate(DSA):
         if not isinstance(sparse, bool):
             raise ValueError(f"DSAGate: sparse must be a bool (True or False), got {sparse!r}")
         self.sparse = sparse
-        self.sparse_max_kept = 0.9
+        # None: the gated block's measured rule decides (_Gated.sparse_pays); a float in
+        # [0, 1]: run sparse exactly when at most that fraction of the pixels is kept
+        self.sparse_max_kept: Optional[float] = None
+        # route of the last inference forward (a _Gated route constant; -1 before any), read by
+        # the benchmark to report which blocks ran sparse
+        self.last_route = -1
         # False makes every forward take the dense masked route, whatever the mask: the cost
         # counter (nas_attn.cost) sets it so that its counts do not hang on the random input's mask
         self.fast_routes = True
@@ -258,7 +266,8 @@ def _folded(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]
 
 
 def _act_(h: torch.Tensor, act: Optional[nn.Module]) -> torch.Tensor:
-    """``act(h)``, in place for the activations timm's blocks use (they are elementwise)."""
+    """``act(h)``, in place for ReLU, ReLU6 and SiLU; other activations return a new tensor
+    (use :func:`_act_into` where the result must land in ``h``)."""
     if act is None or isinstance(act, nn.Identity):
         return h
     kind = type(act)
@@ -269,6 +278,13 @@ def _act_(h: torch.Tensor, act: Optional[nn.Module]) -> torch.Tensor:
     if kind is nn.SiLU:
         return F.silu(h, inplace=True)
     return act(h)
+
+
+def _act_into(h: torch.Tensor, act: Optional[nn.Module]) -> None:
+    """``h = act(h)`` in ``h``'s memory, whatever the activation."""
+    out = _act_(h, act)
+    if out is not h:
+        h.copy_(out)
 
 
 def _idempotent(act: Optional[nn.Module]) -> bool:
@@ -338,7 +354,7 @@ def _conv_into(dest: torch.Tensor, src: torch.Tensor, index: torch.Tensor, weigh
         cols = torch.index_select(src, 0, index[s:e].reshape(-1), out=cols_buffer[:(e - s) * taps])
         out = dest[s:e]
         torch.addmm(bias, cols.view(e - s, -1), weight, out=out)
-        _act_(out, act)
+        _act_into(out, act)
 
 
 def _depthwise(table: torch.Tensor, index: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor,
@@ -422,8 +438,8 @@ class _Gated:
 
         Outside inference (training, autograd, TorchScript, tracing, export) it is always
         ``DENSE_MASKED``, with no host sync. In inference it reads the gate's kept count (one
-        sync): sparse when at most ``sparse_max_kept`` of the pixels are kept, else dense, and
-        without any masking when every pixel is kept. All give the same output."""
+        sync): sparse when :meth:`sparse_pays`, else dense, and without any masking when every
+        pixel is kept. All give the same output."""
         if torch.jit.is_scripting():  # TorchScript compiles no code below this line
             return self.DENSE_MASKED
         if not self._inference_only() or mask.is_meta or not self.gate.fast_routes:
@@ -431,9 +447,36 @@ class _Gated:
             return self.DENSE_MASKED
         kept = self.gate.kept_pixels()
         n_pixels = mask.numel()
-        if self.gate.sparse and kept <= self.gate.sparse_max_kept * n_pixels and self._sparse_supported():
-            return self.SPARSE
-        return self.DENSE_ALL if kept == n_pixels else self.DENSE_MASKED_NO_GRAD
+        if self.gate.sparse and self._sparse_supported() and self.sparse_pays(kept, n_pixels):
+            route = self.SPARSE
+        else:
+            route = self.DENSE_ALL if kept == n_pixels else self.DENSE_MASKED_NO_GRAD
+        self.gate.last_route = route
+        return route
+
+    # When the sparse path pays (sparse_pays), per block kind: it runs when at most
+    # SPARSE_CROSSOVER of the output pixels are kept and the branch's widest map, dense, would
+    # hold at least SPARSE_MIN_ELEMENTS values (batch x output pixels x widest branch width).
+    # Measured (README, "DSA gate", "Which blocks run sparse"): the kept fraction at which the
+    # sparse block's CPU time equals the dense block's, over resnet18/resnet50/mobilenetv2_100
+    # stages at batch 1 and 32, rounded down; the size floor is where the sparse path's fixed
+    # cost (some 40 small operations) stops dominating. Subclasses set both.
+    SPARSE_CROSSOVER = 0.5
+    SPARSE_MIN_ELEMENTS = 0
+
+    def sparse_pays(self, kept: int, n_pixels: int) -> bool:
+        """Whether the sparse path should run for a mask keeping ``kept`` of ``n_pixels`` output
+        pixels (batch included): against ``gate.sparse_max_kept`` when it is set, else against
+        this block kind's measured crossover and size floor."""
+        limit = self.gate.sparse_max_kept
+        if limit is not None:
+            return kept <= limit * n_pixels
+        return (kept <= self.SPARSE_CROSSOVER * n_pixels
+                and n_pixels * self._branch_width() >= self.SPARSE_MIN_ELEMENTS)
+
+    def _branch_width(self) -> int:
+        """Channels of the branch's widest map."""
+        raise NotImplementedError
 
     def _sparse_supported(self) -> bool:
         raise NotImplementedError
@@ -532,6 +575,12 @@ class _GatedResNetBlock(_Gated):
 class GatedBasicBlock(_GatedResNetBlock, BasicBlock):
     """timm ResNet BasicBlock with ``y = act(shortcut(x) + M * branch(x))``."""
 
+    SPARSE_CROSSOVER = 0.4
+    SPARSE_MIN_ELEMENTS = 0
+
+    def _branch_width(self) -> int:
+        return max(self.conv1.out_channels, self.conv2.out_channels)
+
     def branch_convs(self) -> List[str]:
         return ["conv1", "conv2"]
 
@@ -579,6 +628,12 @@ class GatedBasicBlock(_GatedResNetBlock, BasicBlock):
 class GatedBottleneck(_GatedResNetBlock, Bottleneck):
     """timm ResNet Bottleneck with ``y = act(shortcut(x) + M * branch(x))``."""
 
+    SPARSE_CROSSOVER = 0.55
+    SPARSE_MIN_ELEMENTS = 0
+
+    def _branch_width(self) -> int:
+        return self.conv3.out_channels
+
     def branch_convs(self) -> List[str]:
         return ["conv1", "conv2", "conv3"]
 
@@ -625,6 +680,12 @@ class GatedBottleneck(_GatedResNetBlock, Bottleneck):
 
 class GatedInvertedResidual(InvertedResidual, _Gated):
     """timm InvertedResidual (with a skip) with ``y = x + M * branch(x)``."""
+
+    SPARSE_CROSSOVER = 0.4
+    SPARSE_MIN_ELEMENTS = 1 << 20
+
+    def _branch_width(self) -> int:
+        return self.conv_pw.out_channels
 
     def branch_convs(self) -> List[str]:
         return ["conv_pw", "conv_dw", "conv_pwl"]
@@ -689,7 +750,7 @@ class GatedInvertedResidual(InvertedResidual, _Gated):
         h2 = h1.new_empty(n, mid)
         for s in range(0, n, step):
             e = min(s + step, n)
-            _act_(_depthwise(h1, nbrs[s:e], taps, b_dw, cols_buffer, h2[s:e]), act2)
+            _act_into(_depthwise(h1, nbrs[s:e], taps, b_dw, cols_buffer, h2[s:e]), act2)
         if not isinstance(self.se, nn.Identity):
             h2 = _attend_rows(self.se, h2, pos, [b, mid, hi, wi], x)
         h3 = _act_(torch.addmm(b_pwl, h2, w_pwl), act3)
