@@ -108,9 +108,9 @@ at exactly the pixels above, so FlopCounterMode's MACs for that block equal its 
 MACs here, except that the depthwise conv of an inverted residual runs as per-tap
 multiply-adds (``addcmul``), which FlopCounterMode does not count. Gathers, the mask's
 dilation and the index arithmetic are no MACs for either. A gated block runs dense (and
-FlopCounterMode sees its dense MACs) when its mask keeps more than ``sparse_max_kept`` of the
-pixels or a branch conv is not a plain ``nn.Conv2d`` (AW-conv); its effective MACs are still
-what a sparse computation would need.
+FlopCounterMode sees its dense MACs) when its speed rule (``sparse_pays``: the kept fraction
+against its kind's measured crossover) says so or a branch conv is not a plain ``nn.Conv2d``
+(AW-conv); its effective MACs are still what a sparse computation would need.
 """
 from __future__ import annotations
 
