@@ -204,15 +204,19 @@ def test_sca_macs_by_hand(k):
     assert cost.uncounted_ops == ()
 
 
-@pytest.mark.parametrize("rd_ratio, pool_size, psa", [(1 / 8, 4, "gate"), (0.5, 2, "gate"), (1 / 8, 4, "mix")])
-def test_cpsam_macs_by_hand(rd_ratio, pool_size, psa):
+@pytest.mark.parametrize("rd_ratio, pool_size, psa, key_groups",
+                         [(1 / 8, 4, "gate", 256), (0.5, 2, "gate", 256), (1 / 8, 4, "mix", 256),
+                          (1 / 8, 4, "gate", 4), (1 / 8, 2, "mix", 5)])
+def test_cpsam_macs_by_hand(rd_ratio, pool_size, psa, key_groups):
     c, h, w = 16, 6, 5
     n, s2 = h * w, pool_size * pool_size
     rd = max(1, round(c * rd_ratio))
-    cost = count(CPSAM(c, rd_ratio=rd_ratio, pool_size=pool_size, psa=psa), torch.randn(2, c, h, w))
+    g = min(c, key_groups)                   # keys: the channel maps averaged in g groups
+    cost = count(CPSAM(c, rd_ratio=rd_ratio, pool_size=pool_size, psa=psa, key_groups=key_groups),
+                 torch.randn(2, c, h, w))
     csa = c * n + c * n + c * rd + rd * c    # conv_attn C->1 per pixel, context bmm, fc1, fc2
-    affinity = c * c * s2                    # P P^T over the s*s pooled cells
-    apply = c * c if psa == "gate" else c * c * n  # S p on the squeezed descriptor, or S x on every pixel
+    affinity = c * g * s2                    # P K^T over the s*s pooled cells
+    apply = c * g if psa == "gate" else c * g * n  # S v on the squeezed descriptor, or S x_G on every pixel
     # The fuse (grouped 2C -> C, 2 weights per channel) runs as two per-channel scales and a
     # sum, so it is element-wise work (3 ops per output element), not MACs.
     assert cost.macs == csa + affinity + apply
