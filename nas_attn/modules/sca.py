@@ -48,8 +48,8 @@ def _banded_weight(weight: torch.Tensor, rows_out: int, rows_in: int, offset: in
     return band.permute(1, 0, 2, 3).reshape(rows_out, 2 * rows_in, k)
 
 
-def _banded_conv(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.conv2d(maps, weight, padding=k // 2)`` for maps (B, 2, P, Q), weight (1, 2, k, k), odd k.
+def _banded_conv(avg: torch.Tensor, peak: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(stack((avg, peak), 1), weight, padding=k // 2)`` for avg, peak (B, P, Q), weight (1, 2, k, k), odd k.
 
     The same sums as the 2-D conv, taken as a 1-D conv along Q with 2P input and P output
     channels (P in blocks of at most ``_BAND_ROWS`` when taller than ``_ONE_BLOCK_ROWS``).
@@ -60,21 +60,34 @@ def _banded_conv(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     runs window / k times the kernel's multiply-adds: 2.9x in blocks of 14 rows, 4x in one
     block of 28): the cost model counts the 2-D conv's k x k multiply-adds, which the no-grad
     and exported forwards run.
+
+    The 1-D conv runs channels-last (its input laid out column by column, the (map, row)
+    channels contiguous; stacking the two maps writes that layout directly): oneDNN's
+    channels-last kernels took 0.53-0.78x the time of the channels-first ones for these
+    shapes (batch 8, one thread, forward + backward: 14 -> 7 channels over 2048 columns 2.7 ->
+    2.1 ms, 28 -> 14 over 1024 3.3 -> 2.2, blocks of 40 -> 14 over 256 6.1 -> 3.2). The output
+    comes out column-major (B, 1, P, Q) with the rows contiguous.
     """
-    b, _, rows, cols = maps.shape
+    b, rows, cols = avg.shape
     k = weight.shape[-1]
     pad = k // 2
+    # (B, Q, 2, P): for each column, the two maps' rows, contiguous
+    columns = torch.stack((avg.transpose(1, 2), peak.transpose(1, 2)), dim=2)
     if rows <= _ONE_BLOCK_ROWS:
         band = _banded_weight(weight, rows, rows, pad)
-        return F.conv1d(maps.reshape(b, 2 * rows, cols), band, padding=pad).view(b, 1, rows, cols)
+        inp = columns.view(b, cols, 2 * rows).transpose(1, 2).unsqueeze(2)  # (B, 2P, 1, Q), channels-last
+        out = F.conv2d(inp, band.unsqueeze(2).contiguous(memory_format=torch.channels_last), padding=(0, pad))
+        return out.squeeze(2).unsqueeze(1)
     blocks = -(-rows // _BAND_ROWS)
     block_rows = -(-rows // blocks)
     window = block_rows + 2 * pad
-    padded = F.pad(maps, (0, 0, pad, blocks * block_rows - rows + pad))
-    # (B, 2, blocks, cols, window) -> (B * blocks, 2 * window, cols): each block with its halo rows
-    windows = padded.unfold(2, window, block_rows).permute(0, 2, 1, 4, 3).reshape(b * blocks, 2 * window, cols)
+    padded = F.pad(columns, (pad, blocks * block_rows - rows + pad))
+    # (B, Q, 2, blocks, window) -> (B * blocks, Q, 2 * window): each block with its halo rows
+    windows = padded.unfold(3, window, block_rows).permute(0, 3, 1, 2, 4).reshape(b * blocks, cols, 2 * window)
     band = _banded_weight(weight, block_rows, window, 0)
-    out = F.conv1d(windows, band, padding=pad).view(b, blocks * block_rows, cols)
+    out = F.conv2d(windows.transpose(1, 2).unsqueeze(2),
+                   band.unsqueeze(2).contiguous(memory_format=torch.channels_last), padding=(0, pad))
+    out = out.squeeze(2).view(b, blocks, block_rows, cols).reshape(b, blocks * block_rows, cols)
     return out[:, :rows].unsqueeze(1)
 
 
@@ -148,13 +161,12 @@ class PlaneGate(nn.Module):
 
     def forward(self, avg: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
         """avg, peak: (B, P, Q) pooled maps -> gate (B, 1, P, Q) in (0, 1)."""
-        maps = torch.stack((avg, peak), dim=1)
         if torch.jit.is_scripting():
-            return torch.sigmoid(self.bn(self.conv(maps)))
-        return self._forward_eager(maps)
+            return torch.sigmoid(self.bn(self.conv(torch.stack((avg, peak), dim=1))))
+        return self._forward_eager(avg, peak)
 
     @torch.jit.unused
-    def _forward_eager(self, maps: torch.Tensor) -> torch.Tensor:
+    def _forward_eager(self, avg: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
         """With autograd on, the conv runs as :func:`_banded_conv` over the plane's short side.
 
         Without autograd, and while exporting or compiling, the 2-D conv itself runs: what
@@ -165,12 +177,12 @@ class PlaneGate(nn.Module):
         care about the orientation, so they run before transposing back.
         """
         if not torch.is_grad_enabled() or _plain_path():
-            return torch.sigmoid(self.bn(self.conv(maps)))
+            return torch.sigmoid(self.bn(self.conv(torch.stack((avg, peak), dim=1))))
         weight = self.conv.weight
-        flip = maps.shape[-2] > maps.shape[-1]
+        flip = avg.shape[-2] > avg.shape[-1]
         if flip:
-            maps, weight = maps.transpose(-1, -2), weight.transpose(-1, -2)
-        gate = torch.sigmoid(self.bn(_banded_conv(maps, weight)))
+            avg, peak, weight = avg.transpose(-1, -2), peak.transpose(-1, -2), weight.transpose(-1, -2)
+        gate = torch.sigmoid(self.bn(_banded_conv(avg, peak, weight)))
         return gate.transpose(-1, -2) if flip else gate
 
 
@@ -290,9 +302,11 @@ class SCA(nn.Module):
     - the plane convs run as banded 1-D convs over the plane's long side
       (:func:`_banded_conv`): the three gates' forward + backward went from 27 to 13 ms at
       256x56x56, 23 to 8 at 1024x14x14, 21 to 6.4 at 2048x7x7 (batch 8, one thread);
-    - without autograd (``torch.no_grad``, the cost model) the poolings use amax (no index
-      maps) and the plain 2-D conv; under TorchScript, export and ``torch.compile`` the plain
-      expression (:meth:`forward_reference`) runs.
+    - the arg-max poolings run as max pooling laid out to vectorise (:func:`_max_with_index`,
+      the same values and indices as ``torch.max``, which reduces one position at a time);
+    - without autograd (``torch.no_grad``, the cost model) the poolings need no index maps
+      (:func:`_max_values`) and the gates run the plain 2-D conv; under TorchScript, export and
+      ``torch.compile`` the plain expression (:meth:`forward_reference`) runs.
 
     Full-size buffers follow x's memory format (channels-last stays channels-last). Outputs
     and all gradients equal the plain expression's within 1e-5 relative (tested against it);
@@ -301,9 +315,16 @@ class SCA(nn.Module):
     (``scripts/bench_sca.py``, CPU time, one thread, batch 8, under load): 0.66-0.89x the
     previous version per stage shape, 0.80x summed over resnet50's 16 blocks; against CBAM
     that sum went from 1.31x to 1.05x (medians). The arg-max poolings then were the largest
-    single cost (``torch.max`` with indices, 2-8x slower than ``amax``); they now run as max
-    pooling laid out to vectorise (:func:`_max_with_index`, same values and indices): 0.82x
-    that version's forward + backward summed over the 16 blocks (0.73-0.96x per stage shape).
+    single cost (``torch.max`` with indices, 2-8x slower than ``amax``). Then, each measured
+    side by side with the version before it (summed over the 16 blocks, medians): the
+    vectorised poolings 0.82x; the band in one block up to 28 rows and evened-out blocks
+    above 0.96x; the band conv channels-last 0.93x. Together, against the single-node version
+    (CPU time, one thread, batch 8, 9 interleaved rounds, load 12-14): 0.79x on medians, 0.77x
+    on minima (0.76-0.83x per stage shape); against CBAM the 16-block sum went from 1.07x to
+    0.84x on medians and from 1.19x to 0.92x on minima. CBAM stays cheaper per block at
+    512x28x28 and deeper (1.04x, 1.40x, 1.54x there), SCA much cheaper at 256x56x56 (0.52x);
+    what is left at the deep stages is mostly the two C-planes' banded convs, which run close
+    to what oneDNN gives for their shapes.
     ``torch.compile`` of the poolings was measured and not used: 50.6 s for the first compile in
     a fresh process (every Ray trial worker would pay it), slower than eager at 1024x14x14.
 
@@ -337,7 +358,9 @@ class SCA(nn.Module):
         # reshape, since a transposed plane's gate is not contiguous.
         g_cw = self.gate_cw(pooled[0], pooled[1]).reshape(b, c, 1, w)
         g_ch = self.gate_ch(pooled[2], pooled[3]).reshape(b, c, h, 1)
-        g_hw = self.gate_hw(pooled[4], pooled[5])
+        # contiguous: the banded conv leaves the (H, W) gate column-major, and the full-size
+        # passes that broadcast it over C vectorise along its unit-stride W
+        g_hw = self.gate_hw(pooled[4], pooled[5]).contiguous()
         return g_cw, g_ch, g_hw
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
