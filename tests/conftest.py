@@ -27,6 +27,25 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="nasattn-ray-", dir="/tmp")
 
 
+def _share_the_cores_among_xdist_workers():
+    """Under pytest-xdist, give each worker its share of the cores as torch (OpenMP) threads.
+
+    Torch starts one thread per core in every process; with ``-n 2`` on 2 cores that is 4
+    threads on 2 cores, and OpenMP threads spin while they wait for each other, so a
+    descheduled one costs the others CPU for nothing. Measured (load 14, test_arch.py and
+    test_modules.py, whole process tree): 144 CPU-s and 5 min 38 s with torch's default, 26
+    CPU-s and 1 min 3 s with one thread per worker. Set in the environment, before torch is
+    imported, so the fresh interpreters the tests start inherit it too (Ray sets 1 in its
+    workers anyway). A value the user set wins; ``pytest -n 0`` keeps torch's default.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 0 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores_among_xdist_workers()
+
+
 import pytest  # noqa: E402  (after the environment above, which must come before any Ray import)
 
 
