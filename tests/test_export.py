@@ -9,7 +9,7 @@ import pytest
 from nas_attn import results, search
 from nas_attn.export import ExportError, export, select
 
-from conftest import start_shared_ray
+from conftest import run_cli_in_process, start_shared_ray
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_space, _ray_for_the_session):
@@ -30,14 +30,15 @@ LOAD_AND_EVALUATE = textwrap.dedent("""\
     torch.set_num_threads(1)
     import timm, nas_attn
     from nas_attn import data, train
-    folder, dataset, size, fraction, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-    model = timm.create_model("local-dir:" + folder, pretrained=True)
-    again = nas_attn.load(folder)
-    a, b = model.state_dict(), again.state_dict()
-    same = list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)  # same keys, then same values
+    dataset, size, fraction, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
     bundle = data.load(dataset, image_size=size, val_fraction=fraction, seed=seed)
-    accuracy, _ = train.evaluate(model, bundle)
-    print(json.dumps({"accuracy": accuracy, "same": same, "cls": type(model).__name__}))
+    for folder in sys.argv[5:]:
+        model = timm.create_model("local-dir:" + folder, pretrained=True)
+        again = nas_attn.load(folder)
+        a, b = model.state_dict(), again.state_dict()
+        same = list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)  # same keys, then same values
+        accuracy, _ = train.evaluate(model, bundle)
+        print(json.dumps({"folder": folder, "accuracy": accuracy, "same": same, "cls": type(model).__name__}))
     """)
 
 
@@ -53,20 +54,24 @@ def test_exported_pareto_folders_load_in_plain_timm_with_the_trial_accuracy(run_
         assert config["pretrained_cfg"]["input_size"] == [1, 16, 16]
         card = (folder / "README.md").read_text()
         assert f"{record['metrics']['accuracy']:.4f}" in card and "MACs" in card
-        result = subprocess.run([sys.executable, "-c", LOAD_AND_EVALUATE, str(folder), "digits", "16", "0.2", "2"],
-                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        loaded = json.loads(result.stdout.strip().splitlines()[-1])
-        assert loaded["same"] and loaded["cls"] == "ResNet"
-        assert loaded["accuracy"] == pytest.approx(record["metrics"]["accuracy"], abs=1e-9)
+    # One fresh interpreter (no nas_attn model class in memory before timm loads the folder)
+    # loads every folder in turn: one per folder only repeated the ~5 s of importing torch and timm.
+    result = subprocess.run([sys.executable, "-c", LOAD_AND_EVALUATE, "digits", "16", "0.2", "2", *map(str, folders)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    loaded = [json.loads(line) for line in result.stdout.strip().splitlines() if line.startswith("{")]
+    assert [entry["folder"] for entry in loaded] == [str(folder) for folder in folders]
+    for entry, record in zip(loaded, pareto):
+        assert entry["same"] and entry["cls"] == "ResNet"
+        assert entry["accuracy"] == pytest.approx(record["metrics"]["accuracy"], abs=1e-9)
 
 
 def test_cli_export_best_and_config_only(run_dir, tmp_path):
     records = results.read_trials(run_dir)
     best = max(records, key=lambda r: (r["metrics"]["accuracy"], -r["number"]))
-    result = subprocess.run([sys.executable, "-m", "nas_attn.cli", "export", str(run_dir), "--out",
-                             str(tmp_path / "m"), "--best", "accuracy", "--no-weights"],
-                            capture_output=True, text=True, timeout=300)
+    # In this process (conftest's run_cli_in_process): what is checked is the command's result,
+    # and a fresh interpreter only added the imports of torch and timm.
+    result = run_cli_in_process("export", run_dir, "--out", tmp_path / "m", "--best", "accuracy", "--no-weights")
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "m" / f"trial-{best['number']:04d}"
     assert (folder / "config.json").is_file() and not (folder / "model.safetensors").exists()
