@@ -447,7 +447,8 @@ class _Gated:
             return self.DENSE_MASKED
         kept = self.gate.kept_pixels()
         n_pixels = mask.numel()
-        if self.gate.sparse and self._sparse_supported() and self.sparse_pays(kept, n_pixels):
+        # the cheap count comparison first: a full mask (the overhead case) skips the module checks
+        if self.gate.sparse and self.sparse_pays(kept, n_pixels) and self._sparse_supported():
             route = self.SPARSE
         else:
             route = self.DENSE_ALL if kept == n_pixels else self.DENSE_MASKED_NO_GRAD
