@@ -357,15 +357,20 @@ def _conv_into(dest: torch.Tensor, src: torch.Tensor, index: torch.Tensor, weigh
         _act_into(out, act)
 
 
-def _depthwise(table: torch.Tensor, index: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor,
-               cols_buffer: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """A depthwise conv at the pixels whose neighbourhoods are ``index`` (n, kh*kw) rows of
-    ``table``: per-tap multiply-adds on one gathered chunk (in cache), into ``out`` (n, C)."""
-    n, k = index.shape
-    cols = torch.index_select(table, 0, index.reshape(-1), out=cols_buffer[:n * k]).view(n, k, -1)
-    torch.addcmul(bias, cols[:, 0], taps[0], out=out)
-    for t in range(1, k):
-        out.addcmul_(cols[:, t], taps[t])
+def _depthwise(table: torch.Tensor, index_by_tap: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor,
+               tap_buffer: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A depthwise conv at n pixels whose neighbourhoods are ``index_by_tap`` (kh*kw, n) rows of
+    ``table``, into ``out`` (n, C): per tap, gather one (n, C) slice and multiply-add it. Measured
+    against gathering all taps of a chunk at once (n, kh*kw, C) and reducing: equal for narrow
+    maps, up to 3x faster for wide ones (mobilenetv2_100's 960 channels at 7x7), whose gathered
+    chunk outgrows the cache."""
+    n = index_by_tap.shape[1]
+    gathered = tap_buffer[:n]
+    torch.index_select(table, 0, index_by_tap[0], out=gathered)
+    torch.addcmul(bias, gathered, taps[0], out=out)
+    for t in range(1, index_by_tap.shape[0]):
+        torch.index_select(table, 0, index_by_tap[t], out=gathered)
+        out.addcmul_(gathered, taps[t])
     return out
 
 
@@ -732,26 +737,26 @@ class GatedInvertedResidual(InvertedResidual, _Gated):
         w_pw, b_pw = _folded(self.conv_pw, self.bn1)
         h1 = _table(need1.numel(), w_pw.shape[1], x)
         _conv_into(h1, x_rows, need1, w_pw, b_pw, getattr(self.bn1, "act", None))
-        nbrs = _packed(nbrs, need1, b * hi * wi)
+        nbrs = _packed(nbrs, need1, b * hi * wi).t().contiguous()  # (kh*kw, N): one index row per tap
         taps, b_dw = _folded(self.conv_dw, self.bn2)
         w_pwl, b_pwl = _folded(self.conv_pwl, self.bn3)
         act2, act3 = getattr(self.bn2, "act", None), getattr(self.bn3, "act", None)
         out = _owned_rows(x, x)
-        n, k, mid = pos.numel(), nbrs.shape[1], h1.shape[1]
-        step = _chunk_rows((k + 1) * mid + 2 * c)
-        cols_buffer = h1.new_empty(min(step, n) * k, mid)
+        n, mid = pos.numel(), h1.shape[1]
+        step = _chunk_rows(2 * mid + 2 * c)  # a tap's gathered slice, the depthwise output, shortcut rows
+        tap_buffer = h1.new_empty(min(step, n), mid)
         if isinstance(self.se, nn.Identity) and _identity(act3):
             h2_buffer = h1.new_empty(min(step, n), mid)
             for s in range(0, n, step):
                 e = min(s + step, n)
-                h2 = _act_(_depthwise(h1, nbrs[s:e], taps, b_dw, cols_buffer, h2_buffer[:e - s]), act2)
+                h2 = _act_(_depthwise(h1, nbrs[:, s:e], taps, b_dw, tap_buffer, h2_buffer[:e - s]), act2)
                 rows = out.index_select(0, pos[s:e]).add_(b_pwl)
                 out.index_copy_(0, pos[s:e], torch.addmm(rows, h2, w_pwl, out=rows))
             return _output(out, x, [b, c, hi, wi])
         h2 = h1.new_empty(n, mid)
         for s in range(0, n, step):
             e = min(s + step, n)
-            _act_into(_depthwise(h1, nbrs[s:e], taps, b_dw, cols_buffer, h2[s:e]), act2)
+            _act_into(_depthwise(h1, nbrs[:, s:e], taps, b_dw, tap_buffer, h2[s:e]), act2)
         if not isinstance(self.se, nn.Identity):
             h2 = _attend_rows(self.se, h2, pos, [b, mid, hi, wi], x)
         h3 = _act_(torch.addmm(b_pwl, h2, w_pwl), act3)
