@@ -186,9 +186,11 @@ def test_a_search_spreads_over_two_nodes_and_a_node_lost_mid_search_is_retried(
 
         # The search adds Tune's JSON logger itself (result.json), so every report passes here.
         monkeypatch.setattr(JsonLoggerCallback, "log_trial_result", kill_worker_node_on_its_first_report)
-        search.run(space, out=str(out), address=cluster.address, trials=4)
+        # Two trials on two one-CPU nodes run at once, so one of them is always on the worker
+        # node; more trials only trained more on the head.
+        search.run(space, out=str(out), address=cluster.address, trials=2)
         assert killed, "no trial ever reported from the second node"
-        records, _, _ = check_files_agree(out, 4)
+        records, _, _ = check_files_agree(out, 2)
         assert all(r["status"] == "ok" for r in records)
         lost = [r for r in records if r["ray_trial_id"] == killed[0]]
         assert lost and lost[0]["retries"] >= 1, "the trial on the lost node was run again"
