@@ -8,7 +8,9 @@ For each model (default resnet18, resnet50, mobilenetv2_100) and batch size (def
   ``dense (NCHW)``, the same model in NCHW, to show what the format alone changes;
 * ``keep K`` for each K in ``--keeps`` (default 0.3, 0.5, 0.7): every gateable block gated
   (``nas_attn.modules.gate_block``) with ``prune_mode=keep_ratio, keep_ratio=K``, so each
-  gate keeps the fraction K of its output pixels (mean kept fraction K); the sparse path on;
+  gate keeps the fraction K of its output pixels (mean kept fraction K); the sparse path on,
+  so each block runs sparse or dense by its kind's measured rule (``_Gated.sparse_pays``), and
+  the table's ``sparse blocks`` column counts the blocks that ran sparse;
 * ``keep 1.0``: every gateable block gated with ``keep_ratio=1.0``, keeping every pixel: the
   gate's own overhead where the rule alone says every pixel is kept (no saliency is computed;
   the block runs as the plain timm block);
