@@ -67,10 +67,11 @@ class DSAGate(DSA):
             (:meth:`_Gated.sparse_pays`): by default against the crossover measured for the
             block's kind, below which the sparse path is faster than the dense block; with
             ``sparse_max_kept`` set to a float, against that fraction alone (1.0 forces the
-            sparse path). In inference a dense branch is masked in place, and a mask that keeps every pixel runs the
-            plain timm block with no mask at all (see ``_Gated._route``), so a gate that prunes
-            nothing costs only its mask: saliency, min-max, comparison and count, a dozen small
-            operations (none at all with ``prune_mode="keep_ratio", keep_ratio=1``).
+            sparse path). In inference a dense branch is masked in place, and a mask that keeps
+            every pixel runs the plain timm block with no mask at all (see ``_Gated._route``),
+            so a gate that prunes nothing costs only its mask: saliency, min-max, comparison
+            and count, a dozen small operations (none at all with ``prune_mode="keep_ratio",
+            keep_ratio=1``).
         **kwargs: DSA's threshold, reduce, prune_mode, keep_ratio and eps, with DSA's defaults
             and checks (passed through, not restated, so the two cannot drift apart), and timm's
             pass-through keywords.
