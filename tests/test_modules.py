@@ -566,15 +566,39 @@ def test_cpsam_branches_reduce_to_identity(psa):
     assert torch.equal(module.csa(x), x)
 
 
+def correlation(a, b):
+    """Correlation coefficients between the rows of a (N, E) and of b (M, E)."""
+    a = a - a.mean(dim=-1, keepdim=True)
+    b = b - b.mean(dim=-1, keepdim=True)
+    return (a @ b.transpose(-1, -2)) / (a.norm(dim=-1)[..., :, None] * b.norm(dim=-1)[..., None, :])
+
+
 def test_cpsam_position_squeeze_mix_hand_computed():
-    module = CPSAM(3, pool_size=1, psa="mix")
+    module = CPSAM(3, pool_size=2, psa="mix")
     with torch.no_grad():
         module.psa.gamma.copy_(torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1))
     x = torch.randn(1, 3, 4, 4)
-    pooled = x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))  # (1, C), s = 1
-    affinity = torch.softmax(pooled[0][:, None] * pooled[0][None, :], dim=1)
+    cells = x.view(1, 3, 2, 2, 2, 2)
+    pooled = (cells.mean(dim=(3, 5)) + cells.amax(dim=(3, 5))).reshape(3, 4)
+    affinity = torch.softmax(correlation(pooled, pooled), dim=1)
     expected = x + torch.tanh(module.psa.gamma) * torch.einsum("ij,jhw->ihw", affinity, x[0])[None]
     torch.testing.assert_close(module.psa(x), expected)
+
+
+def test_cpsam_mix_affinity_is_a_correlation():
+    """Issue 11: with logits P P^T the mix form copied the few highest-energy channel maps into
+    every channel (nearly one-hot rows) and trained 10-25 points under plain in MobileNetV2;
+    its logits are now correlation coefficients, blind to each channel's scale."""
+    module = CPSAM(8, psa="mix")
+    x = torch.randn(2, 8, 6, 6)
+    scaled = x.clone()
+    scaled[:, 3] *= 50.0
+    scaled[:, 5] *= 0.01
+    affinity, _ = module.psa.affinity(x)
+    torch.testing.assert_close(module.psa.affinity(scaled)[0], affinity)
+    assert affinity.amax() <= math.e ** 2 / (math.e ** 2 + 7) + 1e-6  # logits in [-1, 1]: e / (e + 7 / e) at most
+    gate_affinity, _ = CPSAM(8).psa.affinity(scaled)
+    assert not torch.allclose(gate_affinity, CPSAM(8).psa.affinity(x)[0])  # the gate's P P^T is not
 
 
 def test_cpsam_position_squeeze_gate_hand_computed():
@@ -607,7 +631,8 @@ def test_cpsam_position_squeeze_grouped_keys_hand_computed():
     with torch.no_grad():
         mix.psa.gamma.copy_(module.psa.gamma)
     group_maps = x.view(2, 3, 2, 16).mean(dim=2)  # (2, 3, H*W)
-    expected = x + torch.tanh(mix.psa.gamma) * (affinity @ group_maps).view(2, 6, 4, 4)
+    mix_affinity = torch.softmax(correlation(pooled, keys), dim=2)
+    expected = x + torch.tanh(mix.psa.gamma) * (mix_affinity @ group_maps).view(2, 6, 4, 4)
     torch.testing.assert_close(mix.psa(x), expected)
 
 
