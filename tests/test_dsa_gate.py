@@ -705,3 +705,23 @@ def test_sparse_equals_dense_with_a_non_idempotent_last_activation(act_layer):
         set_sparse(block, False)
         dense = block(x)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+
+
+@pytest.mark.parametrize("model_name,block_name,kw", BLOCKS)
+def test_sparse_path_in_many_chunks_equals_dense_masked(model_name, block_name, kw, monkeypatch):
+    """The sparse path works through its pixels in chunks; the small maps of the other tests fit
+    in one, so here chunks of 7 rows make every chunk loop (first conv, last conv with the
+    shortcut, depthwise) run many times, mostly with a short last chunk."""
+    import nas_attn.modules.dsa_gate as dsa_gate
+    monkeypatch.setattr(dsa_gate, "_MIN_CHUNK_ROWS", 7)
+    monkeypatch.setattr(dsa_gate, "_CHUNK_BYTES", 1)
+    assert dsa_gate._chunk_rows(64) == 7
+    block, x = _block_and_input(model_name, block_name)
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+    block.gate.sparse_max_kept = 1.0
+    with torch.no_grad():
+        sparse = block(x)
+        assert block.gate.last_route == _SPARSE and block.gate.kept_pixels() > 7  # two chunks at least
+        set_sparse(block, False)
+        dense = block(x)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))

@@ -204,15 +204,19 @@ class DSAGate(DSA):
 # dropped: a dense conv on the scattered map (saves nothing) and per-tile dense convs (pay off
 # only for masks made of large tiles).
 
-# Bytes of gathered rows per chunk: about half the 2 MB L2 cache per core of the machine this was
-# tuned on, and at least _MIN_CHUNK_ROWS rows, so that a wide weight matrix (resnet50's layer4
-# conv2: 4608 x 512 floats, 9 MB) is streamed once per few hundred pixels, not per few dozen.
+# Bytes of gathered rows per chunk and thread: about half the 2 MB L2 cache per core of the
+# machine this was tuned on, and at least _MIN_CHUNK_ROWS rows, so that a wide weight matrix
+# (resnet50's layer4 conv2: 4608 x 512 floats, 9 MB) is streamed once per few hundred pixels,
+# not per few dozen. Each operation on a chunk splits it across torch's threads, so a chunk
+# grows with their number: the same working set per core, and fewer operations, each of which
+# costs a dispatch and a fork/join of the threads (a resnet50 forward at batch 32, keep 0.3,
+# runs ~11,500 of them on one thread).
 _CHUNK_BYTES = 1 << 20
 _MIN_CHUNK_ROWS = 256
 
 
 def _chunk_rows(floats_per_row: int) -> int:
-    return max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // (4 * floats_per_row))
+    return max(_MIN_CHUNK_ROWS, _CHUNK_BYTES * torch.get_num_threads() // (4 * floats_per_row))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
