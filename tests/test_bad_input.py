@@ -47,6 +47,11 @@ BAD_SPACES = [
     (GOOD.replace("aw_conv: {choices: [false, true]}", "aw_conv: {choices: [false, maybe]}"),
      ["space.yaml:8", "aw_conv.choices[1]", "'maybe'"]),
     (GOOD.replace("choices: [none, se]", "choices: []"), ["space.yaml:7", "attention.choices", "empty list"]),
+    # CPSAM's key_groups (added in issue 11): an int >= 1
+    (GOOD.replace("attention: {choices: [none, se]}", "attention: {choices: [none, cpsam], cpsam: {key_groups: {choices: [0, 4]}}}"),
+     ["space.yaml:7", "attention.cpsam.key_groups", "int in [1, inf)", "got 0"]),
+    (GOOD.replace("attention: {choices: [none, se]}", "attention: {choices: [none, cpsam], cpsam: {key_groups: {choices: [x]}}}"),
+     ["space.yaml:7", "attention.cpsam.key_groups", "got 'x'"]),
     (GOOD.replace("epochs: 1", "epochs: four"), ["space.yaml:4", "train.epochs", "'four'"]),
     (GOOD.replace("resnet18", "vit_tiny_patch16_224"), ["space.yaml:2", "vit_tiny_patch16_224", "not supported"]),
     ("model: [", ["space.yaml", "YAML syntax error"]),
