@@ -141,8 +141,8 @@ class AWConv2d(nn.Module):
 
     (At 512 the 4 and 16 MiB caps run the same code, one sample per chunk: their gap is the
     run's noise.) What the chunk size changes, and why the earlier table here and the
-    idle two-thread table in BENCHMARKS.md ("AW-conv per stage", where the whole batch was
-    1.2-1.5x faster than 4 MiB chunks at every non-depthwise stage) disagreed:
+    idle two-thread table in BENCHMARKS.md at 02b6b82 ("AW-conv per stage", where the whole
+    batch was 1.2-1.5x faster than 4 MiB chunks at every non-depthwise stage) disagreed:
 
     - With one thread the user time is the same for every chunking (512x7x7: 171-196 ms
       for 1, 2, 3, 4 or 8 samples per chunk). What differs is system time for page faults:
@@ -152,7 +152,7 @@ class AWConv2d(nn.Module):
       system time per step, against 53,000 and 84 ms in one-sample chunks.
     - With two threads every chunk's ops are separate parallel regions, each too small to
       keep both threads busy; fewer, larger chunks parallelise better, which is why the
-      whole batch won the idle two-thread run even at 512 channels (239 against 273 ms),
+      whole batch won that idle two-thread run even at 512 channels (239 against 273 ms),
       where it pays the page faults. Under load the gap grows (threads spin waiting for
       each other): 256x14x14 at 2 threads, load 16, 1,250 ms wall with the whole batch
       against 2,970 ms in one-sample chunks.
@@ -160,14 +160,19 @@ class AWConv2d(nn.Module):
     So the cap folds as many samples as it can while each chunk's kernels stay well below
     glibc's mmap ceiling: the whole batch at 64-128 channels and for depthwise convs, where
     both thread counts favour it or are indifferent, 6 samples at 256, one at 512, where one
-    thread loses 1.5-2.2x to the whole batch's page faults. The first version (autograd
+    thread loses 1.5-2.2x to the whole batch's page faults. Re-run idle with two threads
+    at b2a24fc (BENCHMARKS.md, layer1-4 conv2, medians, ms): 16 MiB cap 38 / 36 / 60 / 117,
+    4 MiB cap 44 / 43 / 56 / 120, whole batch 38 / 37 / 57 / 129, one sample 45 / 42 / 58 /
+    115: the cap ties the whole batch where it folds it, the chunkings are within the
+    rounds' spread at 256 and 512 channels, and the whole batch no longer wins at 512.
+    The first version (autograd
     ``K * (1 + A)``, whole batch folded) took 448 ms at 512 channels; with autograd's own
     backward for the modulation instead of :class:`_ModulateKernel` the 512x7x7 step took
     294 against 188 ms; channels-last layouts of the folded conv were 8-49 % slower than
     contiguous ones; one matrix product per sample over the unfolded input (unfold + bmm)
     was slower than the chunked fold at every shape but 512x7x7 (a tie) in the earlier
-    one-thread measurement, and slower than the whole-batch fold at every shape in the idle
-    two-thread run. No exact reformulation avoids
+    one-thread measurement, and in the idle two-thread runs slower than the whole-batch fold
+    at every shape (02b6b82) and at every shape but 512x7x7 (127 against 129 ms, a tie; b2a24fc). No exact reformulation avoids
     per-sample kernels: pushing A into the input (``sum_m W2[:, m] * conv(h_m (.) unfold(I),
     K)``) costs ``mid`` full convolutions.
 
