@@ -146,10 +146,12 @@ def test_flat_input_keeps_every_pixel():
     assert block.gate.kept_fraction == 1.0
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
+# batch 1 too: the sparse path indexes one image's cached neighbour table directly there, and
+# offsets it per image at larger batches
+@pytest.mark.parametrize("channels_last,batch", [(False, 2), (True, 2), (True, 1)])
 @pytest.mark.parametrize("model_name,block_name,kw", BLOCKS)
-def test_sparse_equals_dense_masked(model_name, block_name, kw, channels_last):
-    block, x = _block_and_input(model_name, block_name)
+def test_sparse_equals_dense_masked(model_name, block_name, kw, channels_last, batch):
+    block, x = _block_and_input(model_name, block_name, batch)
     gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
     block.gate.sparse_max_kept = 1.0  # the sparse path whatever the speed rule says of this small map
     assert block._sparse_supported()
