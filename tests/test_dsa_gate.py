@@ -727,3 +727,29 @@ def test_sparse_path_in_many_chunks_equals_dense_masked(model_name, block_name, 
         set_sparse(block, False)
         dense = block(x)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+
+
+@pytest.mark.parametrize("model_name,block_name,kw", [b for b in BLOCKS if b[1].startswith("blocks.")])
+@pytest.mark.parametrize("gather_all", [True, False])
+def test_depthwise_gathers_all_taps_or_one_at_a_time_alike(model_name, block_name, kw, gather_all, monkeypatch):
+    """The sparse depthwise conv gathers a small chunk's taps all at once and a large chunk's one
+    tap at a time (_DEPTHWISE_GATHER_ALL_FLOATS); both must equal the dense masked block. Chunks
+    of 7 rows, so a short last chunk follows its full ones."""
+    import nas_attn.modules.dsa_gate as dsa_gate
+    monkeypatch.setattr(dsa_gate, "_MIN_CHUNK_ROWS", 7)
+    monkeypatch.setattr(dsa_gate, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(dsa_gate, "_DEPTHWISE_GATHER_ALL_FLOATS", 1 << 30 if gather_all else 0)
+    taps_seen = []
+    real = dsa_gate._depthwise
+    monkeypatch.setattr(dsa_gate, "_depthwise", lambda table, index, taps, bias, buffer, out: (
+        taps_seen.append(buffer.shape[0] >= index.numel()), real(table, index, taps, bias, buffer, out))[1])
+    block, x = _block_and_input(model_name, block_name)
+    gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
+    block.gate.sparse_max_kept = 1.0
+    with torch.no_grad():
+        sparse = block(x)
+        assert block.gate.last_route == _SPARSE
+        set_sparse(block, False)
+        dense = block(x)
+    assert len(taps_seen) >= 2 and set(taps_seen) == {gather_all}
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
