@@ -756,7 +756,11 @@ class GatedInvertedResidual(InvertedResidual, _Gated):
     """timm InvertedResidual (with a skip) with ``y = x + M * branch(x)``."""
 
     SPARSE_CROSSOVER = 0.4
-    SPARSE_MIN_ELEMENTS = 1 << 20
+    # was 2^20 (no batch-1 mobilenetv2_100 block ran sparse); since the cached neighbour tables
+    # and the all-tap depthwise gather, every one of them runs faster sparse than dense masked
+    # at keep 0.3, down to 7x7 x 960 = 47,040 values (README, "Which blocks run sparse"); smaller
+    # maps were not measured and stay dense
+    SPARSE_MIN_ELEMENTS = 1 << 15
 
     def _branch_width(self) -> int:
         return self.conv_pw.out_channels
