@@ -631,6 +631,11 @@ def test_gate_mask_is_dsas_rule_exactly(rule):
         assert torch.equal(gate(x, out_hw), expected), out_hw  # grad enabled: DSA's own foreground
         assert gate.kept_fraction == pytest.approx(float(expected.float().mean()))
         assert expected[1].all() and expected[3].all()
+        # batch 1 takes its own path (flatness read on the host, the count from the rule)
+        for i in range(x.shape[0]):
+            with torch.no_grad():
+                assert torch.equal(gate(x[i:i + 1], out_hw), expected[i:i + 1]), (out_hw, i)
+            assert gate.kept_pixels() == int(expected[i].sum()), (out_hw, i)
 
 
 # ----------------------------------------------------------------------------- sparse speed rule
