@@ -758,3 +758,15 @@ def test_depthwise_gathers_all_taps_or_one_at_a_time_alike(model_name, block_nam
         dense = block(x)
     assert len(taps_seen) >= 2 and set(taps_seen) == {gather_all}
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+
+
+def test_gated_model_runs_on_the_meta_device_at_batch_1():
+    """Shape-only forwards (the meta device, as nas_attn.describe uses) must not read values on
+    the host: the batch-1 mask path reads its flatness test there, so it must step aside."""
+    model = timm.create_model("resnet18").eval()
+    gate_block(model.layer1[0], prune_mode="keep_ratio", keep_ratio=0.3)
+    gate_block(model.layer1[1], threshold=0.3)
+    model = model.to("meta")
+    with torch.no_grad():
+        for batch in (1, 2):
+            assert model(torch.empty(batch, 3, 64, 64, device="meta")).shape == (batch, 1000)

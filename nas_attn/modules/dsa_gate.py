@@ -135,7 +135,8 @@ class DSAGate(DSA):
             # keep_ratio mode keeping ceil(keep_ratio * H * W) = H * W pixels: the saliency
             # cannot change the mask (nor can a top-k over every pixel)
             mask = torch.ones(x.shape[0], 1, out_size[0], out_size[1], dtype=torch.bool, device=x.device)
-        elif not torch.jit.is_scripting() and not torch.is_grad_enabled() and x.shape[0] == 1 and not exporting():
+        elif (not torch.jit.is_scripting() and not torch.is_grad_enabled() and x.shape[0] == 1
+              and not x.is_meta and not exporting()):  # a meta tensor has no value to read on the host
             mask, known = self._mask_one_image(x, out_size)
         else:
             if torch.jit.is_scripting() or torch.is_grad_enabled():
