@@ -136,7 +136,10 @@ class DSAGate(DSA):
             # cannot change the mask (nor can a top-k over every pixel)
             mask = torch.ones(x.shape[0], 1, out_size[0], out_size[1], dtype=torch.bool, device=x.device)
         elif (not torch.jit.is_scripting() and not torch.is_grad_enabled() and x.shape[0] == 1
-              and not x.is_meta and not exporting()):  # a meta tensor has no value to read on the host
+              and self.fast_routes and not x.is_meta and not exporting()):
+            # not for a meta tensor (no value to read on the host), nor while the cost model
+            # counts (fast_routes False): its element-wise count must be the batched path's, the
+            # one the meta device takes
             mask, known = self._mask_one_image(x, out_size)
         else:
             if torch.jit.is_scripting() or torch.is_grad_enabled():
