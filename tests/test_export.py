@@ -1,28 +1,72 @@
-"""Export: searched trials -> timm folders that plain timm loads with the trained weights."""
+"""Export: trial results folders -> timm folders that plain timm loads with the trained weights.
+
+The results folder the tests export from is written by :func:`write_run_in_process`: real
+trials (:func:`nas_attn.trial.run_trial`, the function a search's Ray workers run) trained in
+this process, recorded with the search's own writer (``results.write_trials``). Export reads
+only that folder, so a Ray search around the trials checked nothing more here and cost ~20 CPU-s
+(two trial workers importing torch and timm); the search -> export path itself is run in
+test_plugins.py (a real search in a fresh process, exported and reloaded in plain timm)."""
+import copy
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from nas_attn import results, search
+from nas_attn import results
 from nas_attn.export import ExportError, export, select
 
-from conftest import run_cli_in_process, start_shared_ray
+from conftest import run_cli_in_process
+
+
+def export_space(tiny_space):
+    from nas_attn.space import loads
+    return loads(tiny_space(name="export_digits", attention="{choices: [none, dsa, sca]}",
+                            aw_conv="{choices: [false, true]}", constraints=None, trials=3, seed=2))
+
+
+def export_archs(space):
+    """Trial 0 the baseline; trial 1 DSA and AW-conv in layer1.0 and SCA in layer1.1 (every
+    module export must carry); trial 2 a DSA gate in layer1.1 with AW-conv in layer1.0."""
+    baseline = space.baseline()
+    both = copy.deepcopy(baseline)
+    both["blocks"]["layer1.0"] = {"attention": "dsa", "attention_kwargs": {"threshold": 0.5}, "aw_conv": {}}
+    both["blocks"]["layer1.1"] = {"attention": "sca", "attention_kwargs": {"kernel_size": 3}, "aw_conv": None}
+    other = copy.deepcopy(baseline)
+    other["blocks"]["layer1.0"] = {"attention": "none", "attention_kwargs": {}, "aw_conv": {}}
+    other["blocks"]["layer1.1"] = {"attention": "dsa", "attention_kwargs": {"threshold": 0.2}, "aw_conv": None}
+    return [baseline, both, other]
+
+
+def write_run_in_process(space, archs, run_dir):
+    """A results folder laid out as a search writes it (space.yaml, trials.jsonl, pareto.json,
+    each trial's weights in ``ray/trial_NNNN/checkpoint_000000``), its trials run in this process."""
+    from nas_attn.trial import run_trial, settings_from_space
+    run_dir.mkdir()
+    (run_dir / results.SPACE_FILE).write_text(space.to_yaml())
+    records = []
+    for number, arch in enumerate(archs):
+        checkpoint = f"ray/trial_{number:04d}/checkpoint_000000"
+
+        def report(metrics, checkpoint_dir=None):
+            if checkpoint_dir is not None:  # run_trial deletes its folder after the report
+                shutil.copytree(checkpoint_dir, run_dir / checkpoint)
+
+        final = run_trial(arch, settings_from_space(space), report, gpu_ids=[])
+        assert final["status"] == "ok", final
+        metrics = {k: v for k, v in final.items() if k not in ("status", "device")}
+        records.append({"number": number, "status": "ok", "arch": arch, "checkpoint": checkpoint,
+                        "device": final["device"], "metrics": metrics, "retries": 0})
+    results.write_trials(run_dir, records, space.objectives)
+    return run_dir
+
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_space, _ray_for_the_session):
-    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (loopback only) and the token are set for the whole
-    # session by conftest.py; setting os.environ here leaked into every later test.
-    root = tmp_path_factory.mktemp("export")
-    path = root / "space.yaml"
-    path.write_text(tiny_space(name="export_digits", attention="{choices: [none, dsa, sca]}",
-                               aw_conv="{choices: [false, true]}", constraints=None, trials=3, seed=2))
-    start_shared_ray()
-    result = search.run(str(path), out=str(root / "run"), num_cpus=2)
-    assert all(r["status"] == "ok" for r in result.trials)
-    return result.run_dir
+def run_dir(tmp_path_factory, tiny_space):
+    space = export_space(tiny_space)
+    return write_run_in_process(space, export_archs(space), tmp_path_factory.mktemp("export") / "run")
 
 
 LOAD_AND_EVALUATE = textwrap.dedent("""\
@@ -119,53 +163,29 @@ def test_run_without_finished_trials_is_refused(run_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_export_of_a_trial_holding_dsa_sca_and_aw_conv(tmp_path, tiny_space):
-    """A results folder written by hand around one real trial (no Ray) whose arch is known to
-    hold DSA, SCA and AW-conv: the export reloads in timm with those modules and the trained weights."""
-    import shutil
-
+def test_export_of_a_trial_holding_dsa_sca_and_aw_conv(run_dir, tmp_path):
+    """Trial 1 of the module's run holds DSA, SCA and AW-conv: the export reloads in timm with
+    those modules and the trained weights, and scores what the trial scored."""
     import timm
     import torch
 
     from nas_attn import data, train
     from nas_attn.modules import DSA, SCA, AWConv2d
-    from nas_attn.space import loads
-    from nas_attn.trial import run_trial, settings_from_space
 
-    space = loads(tiny_space(name="export_digits", attention="{choices: [none, dsa, sca]}",
-                             aw_conv="{choices: [false, true]}", constraints=None, trials=3, seed=2))
-    arch = space.baseline()
-    arch["blocks"]["layer1.0"] = {"attention": "dsa", "attention_kwargs": {"threshold": 0.5}, "aw_conv": {}}
-    arch["blocks"]["layer1.1"] = {"attention": "sca", "attention_kwargs": {"kernel_size": 3}, "aw_conv": None}
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    reports = []
-
-    def report(metrics, checkpoint_dir=None):
-        reports.append(dict(metrics))
-        if checkpoint_dir is not None:  # run_trial deletes its folder after the report
-            shutil.copytree(checkpoint_dir, run_dir / "checkpoint_0000")
-
-    final = run_trial(arch, settings_from_space(space), report, gpu_ids=[])
-    assert final["status"] == "ok"
-    (run_dir / results.SPACE_FILE).write_text(space.to_yaml())
-    record = {"number": 0, "status": "ok", "arch": arch, "checkpoint": "checkpoint_0000",
-              "metrics": {k: final[k] for k in ("accuracy", "macs", "effective_macs", "params", "latency_ms", "epoch")}}
-    results.write_trials(run_dir, [record], space.objectives)
-
-    folder, = export(run_dir, tmp_path / "models", trial=0)
+    record = next(r for r in results.read_trials(run_dir) if r["number"] == 1)
+    folder, = export(run_dir, tmp_path / "models", trial=1)
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert isinstance(model.layer1[0].se, DSA) and model.layer1[0].se.threshold == 0.5
     assert isinstance(model.layer1[0].conv2, AWConv2d)
     assert isinstance(model.layer1[1].se, SCA) and model.layer1[1].se.kernel_size == 3
     from safetensors.torch import load_file
-    trained = load_file(str(run_dir / "checkpoint_0000" / results.WEIGHTS_FILE))
+    trained = load_file(str(run_dir / record["checkpoint"] / results.WEIGHTS_FILE))
     loaded = model.state_dict()
     assert sorted(loaded) == sorted(trained) and all(torch.equal(loaded[k], trained[k]) for k in trained)
     assert any("attention.fc2" in k for k in trained)  # AW-conv's MLP weights travelled too
-    bundle = data.load("digits", image_size=16, val_fraction=0.2, seed=space.search["seed"])
+    bundle = data.load("digits", image_size=16, val_fraction=0.2, seed=2)
     accuracy, _ = train.evaluate(model, bundle)
-    assert accuracy == pytest.approx(final["accuracy"], abs=1e-9)
+    assert accuracy == pytest.approx(record["metrics"]["accuracy"], abs=1e-9)
 
 
 def test_cli_export_onnx_beside_the_folder_matches_the_timm_model(run_dir, tmp_path, capsys):
