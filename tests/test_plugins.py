@@ -53,7 +53,7 @@ SPACE = textwrap.dedent("""\
         attention:
           choices: [gain_attn]
           gain_attn: {{gain: {{float: [0.5, 2.0]}}}}
-    search: {{trials: 2, concurrent: 2, sampler: random, seed: 0, resources: {{cpu: 1, gpu: 0}}}}
+    search: {{trials: 2, concurrent: 1, sampler: random, seed: 0, resources: {{cpu: 1, gpu: 0}}}}
     """)
 
 
