@@ -95,12 +95,21 @@ def test_bench_search_quality_quick(tmp_path, capsys, shared_ray):
     # imports and a Ray start and stop (~10-15 s) that check nothing of the script's. Not run
     # here: its branch that starts a Ray of its own (nas_attn.search.init_ray, which every
     # search driver calls, then ray.shutdown).
+    # The default space (cluttered_resnet) one trial at a time: every concurrent slot of a
+    # search starts a trial worker that imports Ray Tune, torch and timm (~7 CPU-s), and this
+    # test checks the script's tables, summary and ablation, not two trials at once (the
+    # bench_search.py smoke test above and the search tests run two at once).
+    shipped = SCRIPTS.parent / "search_spaces" / "cluttered_resnet.yaml"
+    one_at_a_time = tmp_path / "cluttered_resnet.yaml"
+    one_at_a_time.write_text(shipped.read_text().replace("concurrent: 2,", "concurrent: 1,", 1))
+    assert "concurrent: 1," in one_at_a_time.read_text()
     out = tmp_path / "run"
-    assert _load("bench_search_quality").main(["--quick", "--out", str(out)]) == 0
+    assert _load("bench_search_quality").main(["--quick", "--space", str(one_at_a_time), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "| random |" in stdout
     assert "| random + early stopping (best+es) |" in stdout
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["space"] == "cluttered_resnet" and summary["concurrent"] == 1
     # --quick runs only random, so "best" is random by construction; choose_best's rule is
     # tested on its own (test_best_method_is_the_highest_mean_hypervolume_first_on_ties).
     assert summary["best"] == "random" and summary["reference"] == [0.0, 6.0e6]  # cluttered_resnet
