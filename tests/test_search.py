@@ -157,52 +157,6 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, unconstrai
     assert all("diverged" in t.user_attrs["error"] for t in study.trials)
 
 
-def test_a_search_spreads_over_two_nodes_and_a_node_lost_mid_search_is_retried(
-        tmp_path, unconstrained_yaml, no_shared_ray, monkeypatch):
-    # Also the two-node test: the kill fires only once the worker node has reported from a
-    # trial, so a search that never placed work on the second node fails here (killed stays unset).
-    from ray.cluster_utils import Cluster
-    from ray.tune.logger import JsonLoggerCallback
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        worker = cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        out = tmp_path / "run"
-        # Four epochs, the kill on a trial's first report: the trial must still be running when
-        # the node goes. Tune fetches a trial's next result while the driver handles the last
-        # one, so with two epochs an idle machine's 0.5 s epoch could finish the trial before the
-        # kill took effect (seen in CI: the lost trial was never retried).
-        space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 4"))
-        killed = []
-        log_trial_result = JsonLoggerCallback.log_trial_result
-
-        def kill_worker_node_on_its_first_report(self, iteration, trial, result):
-            # The event: the driver receives a trial's epoch-1-of-4 report from the worker node.
-            # The kill happens here, in the driver's loop, before it asks that trial for its next
-            # epoch, so a running trial is always lost (a node merely idle would prove nothing).
-            # Not by watching result.json in the run folder: Tune writes it to a staging folder
-            # and copies it there periodically, and a search of fast trials could end before
-            # the first copy (that left the kill unfired, on an idle machine).
-            log_trial_result(self, iteration, trial, result)
-            if not killed and result.get("node_id") == worker.node_id and result.get("epoch", 4) < 2:
-                cluster.remove_node(worker, allow_graceful=False)
-                killed.append(trial.trial_id)
-
-        # The search adds Tune's JSON logger itself (result.json), so every report passes here.
-        monkeypatch.setattr(JsonLoggerCallback, "log_trial_result", kill_worker_node_on_its_first_report)
-        # Two trials on two one-CPU nodes run at once, so one of them is always on the worker
-        # node; more trials only trained more on the head.
-        search.run(space, out=str(out), address=cluster.address, trials=2)
-        assert killed, "no trial ever reported from the second node"
-        records, _, _ = check_files_agree(out, 2)
-        assert all(r["status"] == "ok" for r in records)
-        lost = [r for r in records if r["ray_trial_id"] == killed[0]]
-        assert lost and lost[0]["retries"] >= 1, "the trial on the lost node was run again"
-        assert {r["node_id"] for r in records} <= {node.node_id for node in [cluster.head_node, worker]}
-    finally:
-        cluster.shutdown()
-
-
 def test_resume_after_the_driver_is_killed(tmp_path, tiny_yaml, capsys, shared_ray):
     out = tmp_path / "run"
     space = tmp_path / "slow.yaml"
@@ -240,25 +194,6 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_yaml, capsys, shared_r
         assert records[number] == record, "a trial finished before the kill was rerun or changed"
     assert len({r["ray_trial_id"] for r in records}) == 4
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
-
-
-@pytest.mark.parametrize("args, words", [
-    (["search", "--address", "not-an-address"], "--address must be"),
-    (["search", "--address", "127.0.0.1:{closed_port}"], "could not connect to the Ray cluster"),
-    (["search", "--space", "no_such_space"], "no shipped space of that name"),
-])
-def test_search_errors_exit_2_with_a_clear_message(args, words, tmp_path, capsys, no_shared_ray):
-    # A port the OS just handed out and that nobody listens on any more (not a guessed one:
-    # something may listen on port 1).
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    # In-process: an error that escaped main() would fail this test with its traceback.
-    code = cli.main([*[a.format(closed_port=closed_port) for a in args], "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert words in err
-    assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_folder_is_named(tmp_path, tiny_yaml, capsys):
@@ -328,3 +263,73 @@ def test_recorder_copies_the_status_the_study_was_told(tmp_path):
     (record,) = results.read_trials(tmp_path)
     assert record["status"] == "stopped" and record["metrics"]["accuracy"] == 0.5
     assert json.loads((tmp_path / results.PARETO_FILE).read_text()) == []
+
+
+# The tests below end this process's Ray (no_shared_ray: they connect to a cluster of their own,
+# or need no Ray connected); they come last so the local searches above all share one Ray
+# instance (each restart costs ~4 CPU-s and a few seconds: GCS, raylet, agents, workers).
+
+
+@pytest.mark.parametrize("args, words", [
+    (["search", "--address", "not-an-address"], "--address must be"),
+    (["search", "--address", "127.0.0.1:{closed_port}"], "could not connect to the Ray cluster"),
+    (["search", "--space", "no_such_space"], "no shipped space of that name"),
+])
+def test_search_errors_exit_2_with_a_clear_message(args, words, tmp_path, capsys, no_shared_ray):
+    # A port the OS just handed out and that nobody listens on any more (not a guessed one:
+    # something may listen on port 1).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    # In-process: an error that escaped main() would fail this test with its traceback.
+    code = cli.main([*[a.format(closed_port=closed_port) for a in args], "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert words in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_search_spreads_over_two_nodes_and_a_node_lost_mid_search_is_retried(
+        tmp_path, unconstrained_yaml, no_shared_ray, monkeypatch):
+    # Also the two-node test: the kill fires only once the worker node has reported from a
+    # trial, so a search that never placed work on the second node fails here (killed stays unset).
+    from ray.cluster_utils import Cluster
+    from ray.tune.logger import JsonLoggerCallback
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        out = tmp_path / "run"
+        # Four epochs, the kill on a trial's first report: the trial must still be running when
+        # the node goes. Tune fetches a trial's next result while the driver handles the last
+        # one, so with two epochs an idle machine's 0.5 s epoch could finish the trial before the
+        # kill took effect (seen in CI: the lost trial was never retried).
+        space = loads(unconstrained_yaml.replace("epochs: 1", "epochs: 4"))
+        killed = []
+        log_trial_result = JsonLoggerCallback.log_trial_result
+
+        def kill_worker_node_on_its_first_report(self, iteration, trial, result):
+            # The event: the driver receives a trial's epoch-1-of-4 report from the worker node.
+            # The kill happens here, in the driver's loop, before it asks that trial for its next
+            # epoch, so a running trial is always lost (a node merely idle would prove nothing).
+            # Not by watching result.json in the run folder: Tune writes it to a staging folder
+            # and copies it there periodically, and a search of fast trials could end before
+            # the first copy (that left the kill unfired, on an idle machine).
+            log_trial_result(self, iteration, trial, result)
+            if not killed and result.get("node_id") == worker.node_id and result.get("epoch", 4) < 2:
+                cluster.remove_node(worker, allow_graceful=False)
+                killed.append(trial.trial_id)
+
+        # The search adds Tune's JSON logger itself (result.json), so every report passes here.
+        monkeypatch.setattr(JsonLoggerCallback, "log_trial_result", kill_worker_node_on_its_first_report)
+        # Two trials on two one-CPU nodes run at once, so one of them is always on the worker
+        # node; more trials only trained more on the head.
+        search.run(space, out=str(out), address=cluster.address, trials=2)
+        assert killed, "no trial ever reported from the second node"
+        records, _, _ = check_files_agree(out, 2)
+        assert all(r["status"] == "ok" for r in records)
+        lost = [r for r in records if r["ray_trial_id"] == killed[0]]
+        assert lost and lost[0]["retries"] >= 1, "the trial on the lost node was run again"
+        assert {r["node_id"] for r in records} <= {node.node_id for node in [cluster.head_node, worker]}
+    finally:
+        cluster.shutdown()
