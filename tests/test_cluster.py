@@ -248,3 +248,15 @@ def test_stop_orphans_ends_what_a_dead_instance_left_and_spares_a_live_one(tmp_p
         for pid in pids:
             os.kill(pid, 9)
     assert cluster.stop_orphans(str(tmp_path / "no_such_session")) == []
+
+
+@pytest.mark.parametrize("user_value", [None, "1"])
+def test_a_local_instance_starts_no_idle_workers_unless_the_user_asks(monkeypatch, user_value):
+    # Tune's trial actors never run on prestarted workers; they would only take CPU at start-up.
+    if user_value is None:
+        monkeypatch.delenv("RAY_prestart_worker_first_driver", raising=False)
+    else:
+        monkeypatch.setenv("RAY_prestart_worker_first_driver", user_value)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    cluster.prepare_local_environment()
+    assert os.environ["RAY_prestart_worker_first_driver"] == (user_value or "0")
