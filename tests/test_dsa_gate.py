@@ -66,6 +66,22 @@ def _block_and_input(model_name, block_name, batch=2):
     return copy.deepcopy(block).eval(), x
 
 
+def _sparse_and_dense(block, x):
+    """(sparse, dense masked) eval outputs of a gated block on ``x``: the sparse path forced
+    whatever the speed rule says, and checked to have run."""
+    block.gate.sparse_max_kept = 1.0
+    with torch.no_grad():
+        sparse = block(x)
+        assert block.gate.last_route == _SPARSE
+        set_sparse(block, False)
+        dense = block(x)
+    return sparse, dense
+
+
+def _assert_equal_to_dense(sparse, dense):
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+
+
 def _dsa_mask(x, out_hw, **kw):
     """The keep mask by DSA's own rule (the reference the gate must reproduce)."""
     dsa = DSA(x.shape[1], reweight=False, **kw)
@@ -175,14 +191,7 @@ def test_sparse_equals_dense_with_attention_in_the_slot(attention):
     block, x = _block_and_input("resnet18", "layer1.0")
     block.se = create_attn(attention, block.bn2.num_features).eval()
     gate_block(block, threshold=0.5)
-    block.gate.sparse_max_kept = 1.0
-    with torch.no_grad():
-        set_sparse(block, False)
-        dense = block(x)
-        set_sparse(block, True)
-        sparse = block(x)
-        assert block.gate.last_route == _SPARSE
-    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+    _assert_equal_to_dense(*_sparse_and_dense(block, x))
 
 
 def test_sparse_path_skips_the_branch_convs_and_computes_only_needed_pixels():
@@ -705,13 +714,7 @@ def test_sparse_equals_dense_with_a_non_idempotent_last_activation(act_layer):
     block = model.layer2[1].eval()
     x = torch.randn(2, 512, 8, 8, generator=torch.Generator().manual_seed(2))
     gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
-    block.gate.sparse_max_kept = 1.0
-    with torch.no_grad():
-        sparse = block(x)
-        assert block.gate.last_route == _SPARSE
-        set_sparse(block, False)
-        dense = block(x)
-    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+    _assert_equal_to_dense(*_sparse_and_dense(block, x))
 
 
 @pytest.mark.parametrize("model_name,block_name,kw", BLOCKS)
@@ -725,13 +728,9 @@ def test_sparse_path_in_many_chunks_equals_dense_masked(model_name, block_name, 
     assert dsa_gate._chunk_rows(64) == 7
     block, x = _block_and_input(model_name, block_name)
     gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
-    block.gate.sparse_max_kept = 1.0
-    with torch.no_grad():
-        sparse = block(x)
-        assert block.gate.last_route == _SPARSE and block.gate.kept_pixels() > 7  # two chunks at least
-        set_sparse(block, False)
-        dense = block(x)
-    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+    sparse, dense = _sparse_and_dense(block, x)
+    assert block.gate.kept_pixels() > 7  # two chunks at least (the same mask in both forwards)
+    _assert_equal_to_dense(sparse, dense)
 
 
 @pytest.mark.parametrize("model_name,block_name,kw", [b for b in BLOCKS if b[1].startswith("blocks.")])
@@ -750,14 +749,9 @@ def test_depthwise_gathers_all_taps_or_one_at_a_time_alike(model_name, block_nam
         taps_seen.append(buffer.shape[0] >= index.numel()), real(table, index, taps, bias, buffer, out))[1])
     block, x = _block_and_input(model_name, block_name)
     gate_block(block, prune_mode="keep_ratio", keep_ratio=0.3)
-    block.gate.sparse_max_kept = 1.0
-    with torch.no_grad():
-        sparse = block(x)
-        assert block.gate.last_route == _SPARSE
-        set_sparse(block, False)
-        dense = block(x)
+    sparse, dense = _sparse_and_dense(block, x)
     assert len(taps_seen) >= 2 and set(taps_seen) == {gather_all}
-    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+    _assert_equal_to_dense(sparse, dense)
 
 
 def test_gated_model_runs_on_the_meta_device_at_batch_1():
