@@ -33,6 +33,15 @@ the charged convolutions took time. The load average (``os.getloadavg``) is reco
 and after. Results go into the section below of ``--out`` (default BENCHMARKS.md); other
 sections are kept.
 
+Memory allocation moves the dense times between processes: with glibc, tensors above its mmap
+threshold (at batch 32, mobilenetv2_100's activations reach 154 MB) are mapped fresh from the
+kernel, and the page faults that costs varied here from run to run (dense mobilenetv2_100 at
+batch 32: 268 ms in one process, 493 ms in another, 317 ms with the threshold raised). Comparing
+variants inside one process keeps each ratio fair to that process's allocator, but a ratio can
+differ between runs. To take allocation out of the comparison, run with glibc's tunables set,
+e.g. ``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=268435456``; the section's
+command line shows any ``MALLOC_*`` or ``GLIBC_TUNABLES`` variable it ran with.
+
 Usage::
 
     python scripts/bench_sparse.py                              # the full run (minutes)
@@ -216,7 +225,11 @@ def bench_model(args, model_name: str, batch: int, rng: random.Random, log) -> L
 
 
 def render_section(args, argv, rows: List[dict], load_before, load_after, started: str) -> str:
-    cmd = "python scripts/bench_sparse.py" + (" " + shlex.join(argv) if argv else "")
+    # glibc reads its allocator tunables from the environment at start-up, and they change the
+    # dense times (see the module docstring): the command names the ones it ran with
+    tunables = [f"{name}={shlex.quote(value)}" for name, value in sorted(os.environ.items())
+                if name.startswith("MALLOC_") or name == "GLIBC_TUNABLES"]
+    cmd = " ".join(tunables + ["python scripts/bench_sparse.py"]) + (" " + shlex.join(argv) if argv else "")
     lines = [SECTION_TITLE, "",
              f"Command: `{cmd}`. Run {started}, torch {torch.__version__}, timm {timm.__version__}, "
              f"{platform.processor() or platform.machine()}, {args.threads} threads, "
