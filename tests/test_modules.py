@@ -673,7 +673,7 @@ def test_cpsam_attend_vector_backward_is_autograds(monkeypatch):
         module.zero_grad()
         xr = x.clone().requires_grad_()
         with monkeypatch.context() as patch:
-            patch.setattr(cpsam_module, "_plain_path", lambda: plain)
+            patch.setattr(cpsam_module, "plain_path", lambda: plain)
             module(xr).backward(grad)
         return [xr.grad] + [p.grad.clone() for p in module.parameters()]
 

@@ -136,6 +136,14 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
+def plain_path() -> bool:
+    """True where only plain autograd expressions may run (no custom autograd.Function, no
+    host-side branching on values): TorchScript, export, torch.compile."""
+    if torch.jit.is_scripting():
+        return True
+    return exporting() or torch.compiler.is_compiling()
+
+
 class BatchNorm2dAnySize(nn.BatchNorm2d):
     """BatchNorm2d that also runs in training mode on a single value per channel.
 

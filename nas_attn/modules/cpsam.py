@@ -12,17 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ._common import check_values, choice_spec, exporting, float_spec, int_spec, reject_unknown
+from ._common import check_values, choice_spec, float_spec, int_spec, plain_path, reject_unknown
 from ._pool import adaptive_avg_pool2d, adaptive_max_pool2d
 
 PSA_FORMS = ("gate", "mix")
-
-
-def _plain_path() -> bool:
-    """True where only plain autograd expressions may run: TorchScript, export, torch.compile."""
-    if torch.jit.is_scripting():
-        return True
-    return exporting() or torch.compiler.is_compiling()
 
 
 def attend_vector(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -177,7 +170,7 @@ class PositionSqueezeAttention(nn.Module):
 
     @torch.jit.unused
     def _attend_eager(self, pooled: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        if not _plain_path() and torch.is_grad_enabled() and (pooled.requires_grad or keys.requires_grad):
+        if not plain_path() and torch.is_grad_enabled() and (pooled.requires_grad or keys.requires_grad):
             return _AttendVector.apply(pooled, keys, values)
         return attend_vector(pooled, keys, values)
 
