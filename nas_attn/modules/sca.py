@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import BatchNorm2dAnySize, check_values, exporting, int_spec, reject_unknown
+from ._common import BatchNorm2dAnySize, check_values, int_spec, plain_path, reject_unknown
 
 # Planes whose short side has at most ``_ONE_BLOCK_ROWS`` rows run the banded conv in one block;
 # taller ones are cut into the fewest blocks of at most ``_BAND_ROWS`` output rows, evened out
@@ -22,13 +22,6 @@ from ._common import BatchNorm2dAnySize, check_values, exporting, int_spec, reje
 # 56 x 56 2.5 -> 2.3 (16 -> 14). (An earlier measurement: 56 x 256 7.2 ms in one block.)
 _ONE_BLOCK_ROWS = 28
 _BAND_ROWS = 16
-
-
-def _plain_path() -> bool:
-    """True where the plain autograd expression must run: TorchScript, export, torch.compile."""
-    if torch.jit.is_scripting():
-        return True
-    return exporting() or torch.compiler.is_compiling()
 
 
 def _banded_weight(weight: torch.Tensor, rows_out: int, rows_in: int, offset: int) -> torch.Tensor:
@@ -46,6 +39,15 @@ def _banded_weight(weight: torch.Tensor, rows_out: int, rows_in: int, offset: in
     band = weight[0][:, kernel_row.clamp(0, k - 1), :]  # (2, rows_out, rows_in, k)
     band = band * inside.view(1, rows_out, rows_in, 1).to(band.dtype)
     return band.permute(1, 0, 2, 3).reshape(rows_out, 2 * rows_in, k)
+
+
+def _conv_along_columns(columns: torch.Tensor, band: torch.Tensor, pad: int) -> torch.Tensor:
+    """1-D conv along Q of ``columns`` (N, Q, C_in), each column's channels contiguous, with the
+    (C_out, C_in, k) ``band``: (N, C_out, Q). Run as a channels-last 2-D conv over a height of 1,
+    which reads that layout as it is (see :func:`_banded_conv` for why channels-last)."""
+    out = F.conv2d(columns.transpose(1, 2).unsqueeze(2),
+                   band.unsqueeze(2).contiguous(memory_format=torch.channels_last), padding=(0, pad))
+    return out.squeeze(2)
 
 
 def _banded_conv(avg: torch.Tensor, peak: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -75,9 +77,7 @@ def _banded_conv(avg: torch.Tensor, peak: torch.Tensor, weight: torch.Tensor) ->
     columns = torch.stack((avg.transpose(1, 2), peak.transpose(1, 2)), dim=2)
     if rows <= _ONE_BLOCK_ROWS:
         band = _banded_weight(weight, rows, rows, pad)
-        inp = columns.view(b, cols, 2 * rows).transpose(1, 2).unsqueeze(2)  # (B, 2P, 1, Q), channels-last
-        out = F.conv2d(inp, band.unsqueeze(2).contiguous(memory_format=torch.channels_last), padding=(0, pad))
-        return out.squeeze(2).unsqueeze(1)
+        return _conv_along_columns(columns.view(b, cols, 2 * rows), band, pad).unsqueeze(1)
     blocks = -(-rows // _BAND_ROWS)
     block_rows = -(-rows // blocks)
     window = block_rows + 2 * pad
@@ -85,9 +85,7 @@ def _banded_conv(avg: torch.Tensor, peak: torch.Tensor, weight: torch.Tensor) ->
     # (B, Q, 2, blocks, window) -> (B * blocks, Q, 2 * window): each block with its halo rows
     windows = padded.unfold(3, window, block_rows).permute(0, 3, 1, 2, 4).reshape(b * blocks, cols, 2 * window)
     band = _banded_weight(weight, block_rows, window, 0)
-    out = F.conv2d(windows.transpose(1, 2).unsqueeze(2),
-                   band.unsqueeze(2).contiguous(memory_format=torch.channels_last), padding=(0, pad))
-    out = out.squeeze(2).view(b, blocks, block_rows, cols).reshape(b, blocks * block_rows, cols)
+    out = _conv_along_columns(windows, band, pad).view(b, blocks, block_rows, cols).reshape(b, blocks * block_rows, cols)
     return out[:, :rows].unsqueeze(1)
 
 
@@ -176,7 +174,7 @@ class PlaneGate(nn.Module):
         kernel, so the short side is the banded one; BN (one channel) and the sigmoid do not
         care about the orientation, so they run before transposing back.
         """
-        if not torch.is_grad_enabled() or _plain_path():
+        if not torch.is_grad_enabled() or plain_path():
             return torch.sigmoid(self.bn(self.conv(torch.stack((avg, peak), dim=1))))
         weight = self.conv.weight
         flip = avg.shape[-2] > avg.shape[-1]
@@ -372,7 +370,7 @@ class SCA(nn.Module):
 
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
-        if _plain_path():
+        if plain_path():
             return self.forward_reference(x)
         params = tuple(self.parameters())
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
