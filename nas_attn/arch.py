@@ -26,15 +26,16 @@ skip connection cannot take one (ArchError). Blocks not listed keep what the bas
 Cost knobs (width, depth, expansion ratio, depthwise kernel) are timm's own model arguments,
 so rebuilding needs nothing but the Arch:
 
-* ResNet: ``model_args`` carries ``layers`` (blocks per stage) and ``channels`` (base width per
-  stage), the arguments timm's ``ResNet`` takes.
+* ResNet: ``model_args`` carries ``layers`` (blocks per stage), ``channels`` (base width per
+  stage) and, for a deep stem, ``stem_width``: the arguments timm's ``ResNet`` takes.
 * MobileNetV2 (``mobilenetv2_035`` ... ``mobilenetv2_140``): the optional key ``arch_def``
   holds timm's block strings, one list per stage and one string per block with its final
   channels (``[["ds_r1_k3_s1_c16"], ["ir_r1_k5_s2_e3_c24", "ir_r1_k3_s2_e6_c24"], ...]``).
   timm's ``decode_arch_def`` reads them and its EfficientNet builder (``_create_effnet``)
   builds the model with the entrypoint's other settings (stem, head, ReLU6); the
   ``mobilenetv2_*`` entrypoints fix their own block list and multiplier, so they cannot take
-  one. The builder gives a stage's stride to its first block only.
+  one. The builder gives a stage's stride to its first block only. ``model_args["stem_size"]``,
+  when present, sets the stem conv's channels (else the entrypoint's, 32 x multiplier).
 
 ``stem: cifar`` adapts the stem to small images: a ResNet's 7x7/2 conv + max-pool become one
 3x3/1 conv (the usual CIFAR ResNet stem); an EfficientNet/MobileNetV2 stem conv gets stride 1.
@@ -267,10 +268,11 @@ def _create_mobilenetv2(model_name: str, arch_def, **model_args) -> nn.Module:
         raise ArchError(f"Arch 'arch_def': timm cannot decode {arch_def!r}: {exc}") from None
     model_args = dict(model_args)
     act_layer = get_act_layer(model_args.pop("act_layer", "relu6"))
+    stem_size = model_args.pop("stem_size", round_channels(32, multiplier))
     return _create_effnet(
         model_name, False, block_args=block_args,
         num_features=max(1280, round_channels(1280, multiplier)),
-        stem_size=round_channels(32, multiplier), fix_stem=True,
+        stem_size=stem_size, fix_stem=True,
         # Channels in arch_def are final: rounding them again to a multiple of 8 leaves them as they are.
         round_chs_fn=partial(round_channels, multiplier=1.0), act_layer=act_layer, **model_args)
 
@@ -344,11 +346,15 @@ def carried_pretrained_cfg(base_cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def structure_summary(arch: Arch) -> str:
-    """The cost knobs of an Arch in a few characters: ``ch 8/16/32/64`` (ResNet channels per
-    stage, with ``x2/1/1/1`` blocks when not all one), ``e3k5 ...`` per MobileNetV2 stage; ""
-    when the Arch sets none."""
+    """The cost knobs of an Arch in a few characters: ``stem 8`` (timm's stem_width/stem_size,
+    when the Arch sets it), ``ch 8/16/32/64`` (ResNet channels per stage, with ``x2/1/1/1``
+    blocks when not all one), ``c 16/24/.. d 1/2/..`` per MobileNetV2 stage; "" when the Arch
+    sets none."""
     args = arch.get("model_args", {})
     parts = []
+    stem_width = args.get("stem_width", args.get("stem_size"))
+    if stem_width is not None:
+        parts.append(f"stem {stem_width}")
     if "channels" in args:
         parts.append("ch " + "/".join(map(str, args["channels"])))
     if "layers" in args and set(args["layers"]) != {1}:

@@ -113,6 +113,10 @@ def mac_range(space) -> Tuple[float, float, float]:
 
 def _stage_text(space) -> List[str]:
     lines = []
+    if space.stem is not None:
+        knobs = ", ".join(f"{k} {_param_text(p)}" for k, p in space.stem.rule.knobs.items())
+        arg = "stem_width" if space.family == "resnet" else "stem_size"
+        lines.append(f"    {'stem':<12} {arg} {space.stem.channels} (base): {knobs}")
     for stage in space.stages:
         if stage.rule is None:
             continue
@@ -170,7 +174,7 @@ def describe_space(space, detail: bool = False) -> str:
         lines.append("  constraints " + ", ".join(f"{k} {v:g}" for k, v in space.constraints.items()))
     stage_lines = _stage_text(space)
     if stage_lines:
-        lines.append(f"  stages     {len(stage_lines)} of {len(space.stages)} with cost knobs "
+        lines.append(f"  stages     {len(stage_lines)} of {len(space.stages) + (space.stem is not None)} with cost knobs "
                      f"(channel divisor {space.channel_divisor})")
         lines.extend(stage_lines)
     searched = {b: d for d in space.decisions for b in d.blocks}

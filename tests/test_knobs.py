@@ -168,6 +168,75 @@ def test_knob_arch_reloads_through_the_timm_entrypoint(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
+DEEP_STEM = textwrap.dedent("""\
+    name: stemknob
+    model:
+      name: resnet18
+      args: {num_classes: 10, in_chans: 1, layers: [1, 1, 1, 1], channels: [16, 32, 64, 128], stem_type: deep, stem_width: 8}
+      channel_divisor: 4
+    data: {dataset: digits, image_size: 32}
+    stages:
+      stem:
+        width: {choices: [0.5, 1.0, 2.0]}
+      "*":
+        width: {choices: [0.5, 1.0]}
+    blocks:
+      "layer1.*":
+        attention: {choices: [none, se]}
+    """)
+
+
+def test_stem_width_becomes_timm_stem_width_and_the_stem_convs_follow():
+    space = loads(DEEP_STEM)
+    seen = set()
+    for params, arch in sample(space, 0, 12):
+        width = arch["model_args"]["stem_width"]
+        assert width == {0.5: 4, 1.0: 8, 2.0: 16}[params["stem.width"]]
+        seen.add(width)
+        model = build_model(arch)
+        # timm's deep stem: 3x3 convs of stem_width, stem_width, 2 x stem_width channels
+        convs = [m for m in model.conv1 if isinstance(m, torch.nn.Conv2d)]
+        assert [c.out_channels for c in convs] == [width, width, 2 * width]
+        assert model.layer1[0].conv1.in_channels == 2 * width
+    assert seen == {4, 8, 16}
+    # the "*" glob gave the block stages a width but not the stem (which only the key "stem" names)
+    assert [st.name for st in space.stages] == ["layer1", "layer2", "layer3", "layer4"]
+    assert space.baseline()["model_args"]["stem_width"] == 8
+    assert "stem.width" in space.baseline_params()
+    from nas_attn.describe import describe_space
+    shown = describe_space(space, detail=True)
+    assert "stem         stem_width 8 (base): width {0.5, 1.0, 2.0}" in shown
+    assert "stages     5 of 5 with cost knobs (channel divisor 4)" in shown
+
+
+def test_stem_width_changes_the_macs_by_the_stem_convs_hand_computed():
+    space = loads(DEEP_STEM)
+    base = space.baseline()
+    wide = {**base, "model_args": {**base["model_args"], "stem_width": 16}}
+    # 32x32 input: the stem's first conv (stride 2) and the next two run at 16x16, then
+    # layer1.0.conv1 (3x3, 2w -> 16 channels) at 8x8 and, when 2w != 16, its 1x1 downsample.
+    def stem_and_first_conv(w):
+        stem = 16 * 16 * 9 * (1 * w + w * w + w * 2 * w)
+        return stem + 8 * 8 * 9 * 2 * w * 16 + (8 * 8 * 2 * w * 16 if 2 * w != 16 else 0)
+    got = measure(build_model(wide), space.input_size).macs - measure(build_model(base), space.input_size).macs
+    assert got == stem_and_first_conv(16) - stem_and_first_conv(8)
+
+
+def test_mobilenetv2_stem_width_is_timm_stem_size(tmp_path):
+    text = MOBILENET.replace('  "blocks.[12]":', '  stem:\n    channels: {choices: [8, 24]}\n  "blocks.[12]":')
+    space = loads(text)
+    assert space.stem.channels == 16  # mobilenetv2_050: 32 x 0.5
+    for params, arch in sample(space, 1, 4):
+        model = build_model(arch)
+        assert model.conv_stem.out_channels == arch["model_args"]["stem_size"] == params["stem.channels"]
+        assert model.blocks[0][0].conv_dw.in_channels == params["stem.channels"]
+    from timm.models import save_for_hf
+    model = timm.create_model("nas_attn_cnn", arch=arch)
+    save_for_hf(model, str(tmp_path), model_args={"arch": arch}, safe_serialization=True)
+    again = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
+    assert again.conv_stem.out_channels == params["stem.channels"]
+
+
 KNOB_ERRORS = {
     "channels_not_multiple": (RESNET.replace("width: {choices: [0.5, 1.0]}", "channels: {choices: [16, 12]}"),
                               6, 'stages."layer*".channels.choices[1]', "multiple of the channel divisor 8"),
@@ -187,6 +256,15 @@ KNOB_ERRORS = {
                               'blocks."blocks.[0-3].*".expansion', "depthwise-separable"),
     "float_expansion_range": (MOBILENET.replace("expansion: {choices: [3, 6]}", "expansion: {float: [3, 6]}"), 11,
                               'blocks."blocks.[1-3].*".expansion', "not a float range"),
+    "stem_of_a_7x7_resnet": (RESNET.replace('  "layer*":', '  stem: {width: {choices: [0.5, 1.0]}}\n  "layer*":'),
+                             5, "stages.stem", "7x7 ResNet stem has 64 channels"),
+    "stem_depth": (DEEP_STEM.replace("width: {choices: [0.5, 1.0, 2.0]}", "depth: {choices: [1]}"), 9,
+                   "stages.stem.depth", "the stem has no blocks"),
+    "stem_channels_not_multiple": (DEEP_STEM.replace("width: {choices: [0.5, 1.0, 2.0]}", "channels: {choices: [8, 6]}"),
+                                   9, "stages.stem.channels.choices[1]", "multiple of the channel divisor 4"),
+    "stem_of_efficientnet": (MOBILENET.replace("mobilenetv2_050", "efficientnet_b0").replace(
+                                 '  "blocks.[12]":', '  stem:\n    width: {choices: [1.0]}\n  "blocks.[12]":'),
+                             4, "stages", "need one of mobilenetv2_035"),
 }
 
 
@@ -212,6 +290,7 @@ def test_summaries_show_the_structure():
     arch = space.extreme_arch(False)
     assert arch_summary(arch) == "ch 8/16/32/64; no attention"
     assert arch_summary(space.baseline()).startswith("ch 16/32/64/128 x2/2/2/2; ")
+    assert arch_summary(loads(DEEP_STEM).extreme_arch(False)) == "stem 4 ch 8/16/32/64; no attention"
     mnv2 = loads(MOBILENET).extreme_arch(True)
     assert arch_summary(mnv2).startswith("c 8/16/16/32/48/80/160 d 1/2/2/4/3/3/1")
 

@@ -1,6 +1,7 @@
-"""Cost knobs: width/channels and depth per stage (``stages:``), expansion and kernel per
-inverted-residual block (``blocks:``), parsed, checked against the base model and written as
-timm model args (ResNet ``layers``/``channels``) or timm block strings (MobileNetV2)."""
+"""Cost knobs: width/channels and depth per stage (``stages:``), the stem's width (the key
+``stem`` under ``stages:``), expansion and kernel per inverted-residual block (``blocks:``),
+parsed, checked against the base model and written as timm model args (ResNet ``layers``/
+``channels``/``stem_width``) or timm block strings and ``stem_size`` (MobileNetV2)."""
 from __future__ import annotations
 
 import fnmatch
@@ -13,6 +14,9 @@ from ._errors import _Checker, _kind
 from ._params import Param, _knob_values, _parse_param
 
 STAGE_KEYS = ("width", "channels", "depth")
+#: The key under ``stages:`` that names the stem. It is matched only by this exact key, not by
+#: globs such as ``*`` (which match the block stages), so existing spaces keep their meaning.
+STEM = "stem"
 #: Per-block knobs of inverted residuals (MobileNetV2): the block-string letters timm decodes.
 BLOCK_KNOBS = {"expansion": "e", "kernel": "k"}
 
@@ -57,7 +61,11 @@ def _parse_stage_rule(glob, value, path, check: _Checker) -> StageRule:
 
 @dataclass
 class Stage:
-    """One stage of the base model: its name, base channels and blocks, and the rule over it."""
+    """One stage of the base model: its name, base channels and blocks, and the rule over it.
+
+    The stem is a Stage named ``stem`` without blocks; its ``channels`` is timm's stem width
+    argument (ResNet ``stem_width``: the deep stem's 3x3 convs have stem_width, stem_width and
+    2x stem_width channels; MobileNetV2 ``stem_size``: the stem conv's channels)."""
     name: str
     channels: int
     blocks: List[str]
@@ -72,12 +80,41 @@ def _stages_section(doc: dict, check: _Checker):
     return stages_doc, [_parse_stage_rule(glob, value, ("stages", glob), check) for glob, value in stages_doc.items()]
 
 
+def _stem_stage(model_family: str, model_name: str, args: dict, rule: StageRule, check: _Checker) -> Stage:
+    """The stem as a Stage with its width knob, where timm's builder takes the stem's width as
+    an argument: a ResNet's deep stem (``stem_width``) or a MobileNetV2 (``stem_size``)."""
+    if "depth" in rule.knobs:
+        check.fail(rule.path + ("depth",), "the stem has no blocks to keep or drop; depth applies to the "
+                                           "block stages (layer1.., blocks.0..)")
+    if model_family == "resnet":
+        import inspect
+        from timm.models.resnet import ResNet
+        defaults = inspect.signature(ResNet.__init__).parameters
+        stem_type = args.get("stem_type", defaults["stem_type"].default)
+        if "deep" not in str(stem_type):
+            check.fail(rule.path, f"timm's single 7x7 ResNet stem has 64 channels whatever the model args say "
+                                  f"(stem_type {stem_type!r}), so its width cannot be searched; declare a deep stem "
+                                  f"in model.args (stem_type: deep, stem_width: N: three 3x3 convs of N, N and 2N "
+                                  f"channels) to search stem_width")
+        return Stage(STEM, int(args.get("stem_width", defaults["stem_width"].default)), [], rule)
+    from ..arch import MOBILENETV2_MULTIPLIERS  # second pass: timm
+    from timm.models._efficientnet_builder import round_channels
+    if model_name not in MOBILENETV2_MULTIPLIERS:
+        check.fail(rule.path, f"the stem's width is a knob of ResNets with a deep stem and of "
+                              f"{', '.join(MOBILENETV2_MULTIPLIERS)}; got {model_name}")
+    base = args.get("stem_size", round_channels(32, MOBILENETV2_MULTIPLIERS[model_name]))
+    return Stage(STEM, int(base), [], rule)
+
+
 def _stages(probe, model_family: str, model_name: str, args: dict, block_names: List[str],
             stage_rules: List[StageRule], rules: list, check: _Checker):
-    """The base model's stages (name, channels, blocks) with the stage rule owning each, and
-    for MobileNetV2 its per-block timm block strings."""
+    """The base model's stages (name, channels, blocks) with the stage rule owning each, the
+    stem (a Stage, or None when ``stages:`` has no ``stem`` key), and for MobileNetV2 its
+    per-block timm block strings."""
     from ..arch import MOBILENETV2_MULTIPLIERS, mobilenetv2_arch_def  # second pass: timm
     needs_knobs = bool(stage_rules) or any(r.knobs for r in rules)
+    stem_rules = [r for r in stage_rules if r.glob == STEM]
+    stage_rules = [r for r in stage_rules if r.glob != STEM]
     base_arch_def = None
     names = list(dict.fromkeys(stage_of(b) for b in block_names))
     blocks_of = {n: [b for b in block_names if stage_of(b) == n] for n in names}
@@ -105,12 +142,14 @@ def _stages(probe, model_family: str, model_name: str, args: dict, block_names: 
                                   f"{', '.join(st.name for st in stages)}")
         for st in matched:
             st.rule = rule  # a later glob overrides an earlier one
-    return stages, base_arch_def
+    stem = _stem_stage(model_family, model_name, args, stem_rules[-1], check) if stem_rules else None
+    return stages, stem, base_arch_def
 
 
 def _check_knobs(stages: List[Stage], decisions: list, model_family: str, base_arch_def,
                  divisor: int, check: _Checker) -> None:
-    """Every knob value must be one timm's builder can make for every stage/block it covers."""
+    """Every knob value must be one timm's builder can make for every stage/block it covers
+    (``stages`` may include the stem)."""
     for st in stages:
         if st.rule is None:
             continue

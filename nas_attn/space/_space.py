@@ -37,6 +37,7 @@ class SearchSpace:
     plugins: List[str] = field(default_factory=list)   # modules imported before validation (nas_attn.plugins)
 
     stages: List[Stage] = field(default_factory=list)
+    stem: Optional[Stage] = None                      # the stem's width knob (``stages: stem``), if any
     family: str = "resnet"
     channel_divisor: int = 8
     base_arch_def: Optional[List[List[str]]] = None   # MobileNetV2: timm block strings per block
@@ -45,7 +46,11 @@ class SearchSpace:
     @property
     def has_knobs(self) -> bool:
         """Whether any stage or block rule searches width, depth, expansion or kernel."""
-        return any(st.rule for st in self.stages) or any(d.rule.knobs for d in self.decisions)
+        return any(st.rule for st in self._knob_stages()) or any(d.rule.knobs for d in self.decisions)
+
+    def _knob_stages(self) -> List[Stage]:
+        """The stem when ``stages:`` searches its width, then the block stages."""
+        return ([self.stem] if self.stem is not None else []) + self.stages
 
     def _stage_channels(self, stage: Stage, knob: str, value) -> int:
         if knob == "channels":
@@ -58,7 +63,7 @@ class SearchSpace:
         for each stage knob, ``choose_knobs(decision, knob, param, blocks)`` and ``choose(decision,
         blocks)`` for each decision that still has blocks once the depths are known."""
         depth, channels = {}, {}
-        for stage in self.stages:
+        for stage in self._knob_stages():
             depth[stage.name], channels[stage.name] = len(stage.blocks), stage.channels
             if stage.rule is None or choose_stage is None:
                 continue
@@ -86,6 +91,8 @@ class SearchSpace:
                 "stem": self.model["stem"], "blocks": blocks}
         if not self.has_knobs:
             return arch
+        if self.stem is not None:
+            arch["model_args"]["stem_width" if self.family == "resnet" else "stem_size"] = channels[self.stem.name]
         if self.family == "resnet":
             arch["model_args"]["layers"] = [depth[st.name] for st in self.stages]
             arch["model_args"]["channels"] = [channels[st.name] for st in self.stages]
@@ -170,7 +177,7 @@ class SearchSpace:
     def _plain_params(self, knob_value) -> Dict[str, Any]:
         """No attention, AW-conv or gate, each knob at ``knob_value(stage or blocks, knob, param)``."""
         params = {}
-        for stage in self.stages:
+        for stage in self._knob_stages():
             for knob, param in (stage.rule.knobs.items() if stage.rule else ()):
                 value = knob_value(stage, knob, param)
                 if param.kind != "fixed" and value in _knob_values(param):
@@ -219,7 +226,7 @@ class SearchSpace:
         return math.prod(d.count() for d in self.decisions) * self._stage_count()
 
     def _stage_count(self) -> int:
-        return math.prod(p.count() for st in self.stages if st.rule for p in st.rule.knobs.values())
+        return math.prod(p.count() for st in self._knob_stages() if st.rule for p in st.rule.knobs.values())
 
     def structure_count(self) -> int:
         """Architectures counting module choices and cost knobs only (module hyperparameters ignored)."""
@@ -298,15 +305,16 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     decisions = _decisions(rules, list(sites), check)
     _check_gateable(decisions, sites, check)
     _check_image_size(probe, model_name, args, stem, data, train, sites, decisions, check)
-    stages, base_arch_def = _stages(probe, model_family, model_name, args, list(sites), stage_rules, rules, check)
-    _check_knobs(stages, decisions, model_family, base_arch_def, divisor, check)
+    stages, stem, base_arch_def = _stages(probe, model_family, model_name, args, list(sites), stage_rules,
+                                          rules, check)
+    _check_knobs(stages + ([stem] if stem else []), decisions, model_family, base_arch_def, divisor, check)
 
     raw = {"name": name, **({"plugins": plugins} if plugins else {}), "model": model, "data": data, "train": train, "objectives": objectives,
            "constraints": constraints, **({"stages": stages_doc} if stages_doc else {}),
            "blocks": blocks_doc, "search": search}
     space = SearchSpace(name=name, path=file, model=model, data=data, train=train, objectives=objectives,
                         constraints=constraints, search=search, decisions=decisions, raw=raw, stages=stages,
-                        family=model_family, channel_divisor=divisor, base_arch_def=base_arch_def,
+                        stem=stem, family=model_family, channel_divisor=divisor, base_arch_def=base_arch_def,
                         plugins=list(plugins))
     if space.has_knobs:
         # timm's builder has the last word on what it can make: build the two extremes now,
@@ -315,7 +323,7 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
             try:
                 build_model(space.extreme_arch(largest))
             except Exception as exc:
-                first = next((st.rule.path for st in stages if st.rule), None) or next(
+                first = next((st.rule.path for st in space._knob_stages() if st.rule), None) or next(
                     iter(next(d.rule.knob_lines for d in decisions if d.rule.knobs).values()))
                 check.fail(first, f"timm cannot build the {'largest' if largest else 'smallest'} "
                                   f"structure these knobs allow: {type(exc).__name__}: {exc}")
