@@ -243,7 +243,8 @@ def sequential_worker(space_file: str, out: str, threads: int, replay: Optional[
     # The same sampler class and seed the search builds (nas_attn.search.make_sampler).
     study = optuna.create_study(directions=space.objective_directions(),
                                 sampler=make_sampler(space.search["sampler"], space.search["seed"], space.search["trials"],
-                                                     space.search.get("population"), space.search.get("startup_trials")))
+                                                     space.search.get("population"), space.search.get("startup_trials"),
+                                                     space.search.get("sampler_options")))
     expected_archs: Dict[int, Any] = {}
     if replay:
         ray_study = results.open_study(replay)

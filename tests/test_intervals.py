@@ -55,3 +55,41 @@ def test_search_builds_samplers_by_the_rule_and_validates_overrides():
         with pytest.raises(SpaceError) as info:
             loads(base + bad)
         assert info.value.key_path == key
+
+
+def test_sampler_options_reach_the_optuna_sampler_and_bad_ones_are_named():
+    import optuna
+
+    from nas_attn.search._optuna import make_sampler
+    from nas_attn.space import SpaceError, loads
+    base = ('model: {name: resnet18, args: {in_chans: 1, num_classes: 10}}\n'
+            'blocks: {"layer1.*": {attention: se}}\nsearch: ')
+    space = loads(base + "{sampler: tpe, sampler_options: {multivariate: true, group: true, n_ei_candidates: 48}}")
+    options = space.search["sampler_options"]
+    assert sampler_settings("tpe", 16, options=options) == {"n_startup_trials": 4, "multivariate": True,
+                                                             "group": True, "n_ei_candidates": 48}
+    sampler = make_sampler("tpe", 0, 16, options=options)
+    # the options are the constructor's: a multi-objective study samples multivariate only when asked
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    assert sampler._is_multivariate(study) and sampler._n_ei_candidates == 48
+    assert not make_sampler("tpe", 0, 16)._is_multivariate(study)
+    nsga = make_sampler("nsga2", 0, 12, options={"crossover_prob": 0.5})
+    assert nsga._population_size == 4 and nsga._child_generation_strategy._crossover_prob == 0.5
+    assert loads(base + "{}").search["sampler_options"] == {}
+    for bad, key, words in (
+            ("{sampler_options: [1]}", "search.sampler_options", "expected a mapping"),
+            ("{sampler_options: {constant_lair: true}}", "search.sampler_options.constant_lair",
+             "not an argument of optuna.samplers.TPESampler; it takes"),
+            ("{sampler_options: {multivariate: 'yes'}}", "search.sampler_options.multivariate",
+             "expected true or false or null"),
+            ("{sampler_options: {n_ei_candidates: 4.5}}", "search.sampler_options.n_ei_candidates", "an integer"),
+            ("{sampler_options: {gamma: 0.1}}", "search.sampler_options.gamma", "takes a Python object"),
+            ("{sampler_options: {n_startup_trials: 3}}", "search.sampler_options.n_startup_trials",
+             "set by search.startup_trials"),
+            ("{sampler: random, sampler_options: {seed: 3}}", "search.sampler_options.seed", "set by search.seed"),
+            ("{sampler: nsga2, sampler_options: {mutation: uniform}}", "search.sampler_options.mutation",
+             "takes a Python object")):
+        with pytest.raises(SpaceError) as info:
+            loads(base + bad, file="s.yaml")
+        assert info.value.key_path == key and words in str(info.value), str(info.value)
+        assert str(info.value).startswith("s.yaml:3: ")

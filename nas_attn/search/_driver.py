@@ -226,7 +226,8 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
         define_by_run = ArchSampler(space)
         searcher = searcher_class()(
             define_by_run, sampler=make_sampler(search["sampler"], search["seed"], budget, search.get("population"),
-                                                search.get("startup_trials")), storage=storage,
+                                                search.get("startup_trials"), search.get("sampler_options")),
+            storage=storage,
             study_name=STUDY_NAME, objectives=objectives, points_to_evaluate=first,
             epochs=epochs, constraint_keys=sorted(space.constraints), run_dir=str(run_dir), budget=budget)
         scheduler = _make_scheduler(space)

@@ -24,18 +24,19 @@ def _has_set_constraint() -> bool:
 
 
 def make_sampler(name: str, seed: int, trials: int = 16, population: Optional[int] = None,
-                 startup_trials: Optional[int] = None):
+                 startup_trials: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
     """The Optuna sampler ``search.sampler`` names, seeded and sized to a budget of ``trials``
-    (:mod:`nas_attn.samplers` states the rule; ``population``/``startup_trials`` override it)."""
+    (:mod:`nas_attn.samplers` states the rule; ``population``/``startup_trials`` override it;
+    ``options`` are further constructor arguments, ``search.sampler_options``)."""
     import optuna
     constraints = {} if _has_set_constraint() else {"constraints_func": constraint_values}
-    sized = sampler_settings(name, trials, population, startup_trials)
+    sized = sampler_settings(name, trials, population, startup_trials, options)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, **sized, **constraints)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, **sized, **constraints)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed, **sized)
     raise SearchError(f"--sampler must be tpe, nsga2 or random, got {name!r}")
 
 

@@ -20,7 +20,7 @@ DEFAULTS = {
     "search": {"trials": 16, "concurrent": 2, "sampler": "tpe", "seed": 0,
                "resources": {"cpu": 1, "gpu": 0}, "early_stopping": None,
                "latency_batch_size": 1, "max_failures": 2, "confirm": 0, "population": None,
-               "startup_trials": None, "anchors": True},
+               "startup_trials": None, "anchors": True, "sampler_options": {}},
 }
 
 
@@ -50,6 +50,16 @@ def _model_section(doc: dict, check: _Checker) -> Tuple[dict, int]:
     model = {"name": model_name, "args": args, "stem": stem,
              **({"channel_divisor": divisor} if "channel_divisor" in doc["model"] else {})}
     return model, divisor
+
+
+def _check_sampler_options(search: dict, check: _Checker) -> None:
+    """``search.sampler_options`` against the Optuna sampler's constructor (second pass: it
+    imports optuna, which validate and space show otherwise never load)."""
+    if not search["sampler_options"]:
+        return
+    from ..samplers import check_sampler_options
+    for key, problem in check_sampler_options(search["sampler"], search["sampler_options"]).items():
+        check.fail(("search", "sampler_options", key), problem)
 
 
 def _check_model_name(model: dict, check: _Checker) -> None:
@@ -132,6 +142,12 @@ def _search_section(doc: dict, check: _Checker) -> dict:
         check.number(search["population"], ("search", "population"), low=2, integer=True)
     if search["startup_trials"] is not None:
         check.number(search["startup_trials"], ("search", "startup_trials"), low=1, integer=True)
+    options = search["sampler_options"]
+    if options is None:
+        options = search["sampler_options"] = {}
+    if not isinstance(options, dict):
+        check.fail(("search", "sampler_options"), f"expected a mapping of Optuna sampler arguments "
+                                                  f"(e.g. {{constant_liar: true}}), got {_kind(options)}")
     resources = {**DEFAULTS["search"]["resources"],
                  **check.mapping(search.get("resources") or {}, ("search", "resources"), ("cpu", "gpu"))}
     check.number(resources["cpu"], ("search", "resources", "cpu"), low=0, low_inclusive=False)

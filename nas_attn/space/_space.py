@@ -14,8 +14,9 @@ from ._blocks import Decision, _blocks_section, _check_gateable, _decisions
 from ._errors import _Checker
 from ._knobs import BLOCK_KNOBS, Stage, _block_string, _block_value, _check_knobs, _stages, _stages_section
 from ._params import _knob_values
-from ._sections import (TOP_LEVEL_KEYS, _check_model_name, _constraints_section, _data_section, _model_section,
-                        _objectives_section, _plugins_section, _search_section, _train_section)
+from ._sections import (TOP_LEVEL_KEYS, _check_model_name, _check_sampler_options, _constraints_section,
+                        _data_section, _model_section, _objectives_section, _plugins_section, _search_section,
+                        _train_section)
 
 if TYPE_CHECKING:
     from ..arch import Arch
@@ -298,6 +299,7 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     from ..arch import build_model
     from ._probe import _check_against_data, _check_image_size, _probe_model
     _check_model_name(model, check)
+    _check_sampler_options(search, check)
     blocks_doc, rules = _blocks_section(doc, check)
     probe, sites, model_family = _probe_model(model, check)
     model_name, args, stem = model["name"], model["args"], model["stem"]
