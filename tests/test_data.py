@@ -4,6 +4,7 @@ import os
 import pickle
 import struct
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -136,6 +137,27 @@ def test_digits_eval_images_are_bilinear_upsampling_normalised(digits):
     image, label = digits.val[position]
     torch.testing.assert_close(image, expected)
     assert label == int(load_digits().target[source_row])
+
+
+def test_digits_are_read_without_importing_sklearn_and_equal_load_digits(monkeypatch):
+    # The digits come from scikit-learn's CSV, parsed here: importing sklearn.datasets would
+    # cost every fresh trial worker ~1.2 CPU-s. With that import made to fail, the digits must
+    # still load, and be exactly what load_digits returns; without the CSV, load_digits is used.
+    from nas_attn.data import _digits
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # `import sklearn.datasets` raises
+    images, labels = _digits._digits_arrays()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
+    assert labels.dtype == np.int64
+    monkeypatch.undo()
+    monkeypatch.setattr(_digits, "_digits_csv", lambda: None)
+    images, labels = _digits._digits_arrays()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
+    assert labels.dtype == np.int64
 
 
 def test_digits_normalisation_constants_centre_the_data():
