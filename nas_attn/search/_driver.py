@@ -20,7 +20,7 @@ from ..trial import settings_from_space
 from ._base import SearchError, SearchResult
 from ._optuna import ArchSampler, make_sampler, searcher_class
 from ._ray import ray_trainable, recorder_class, replay_result, trial_dirname
-from ._text import pareto_table
+from ._text import pareto_table, repeats_text
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +253,9 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
         print(f"\n{title} ({len(front)} of {len(records)} trials; objectives: "
               + ", ".join(f"{o['metric']} ({o['direction']})" for o in objectives) + ")")
         print(pareto_table(front))
+    repeats = repeats_text(*_repeat_counts(run_dir))
+    if repeats:
+        print("\n" + "\n".join(repeats))
     print(f"\nResults: {run_dir}\n  {TRIALS_FILE}, {PARETO_FILE}, {STUDY_FILE} (optuna-dashboard "
           f"{run_dir / STUDY_FILE}), {RAY_FOLDER}/")
     if interrupted:
@@ -291,6 +294,16 @@ def _make_scheduler(space: SearchSpace):
                               modes=["max" if d == "maximize" else "min" for d in space.objective_directions()],
                               time_attr="epoch", grace_period=es["grace_epochs"],
                               reduction_factor=es["reduction_factor"], max_t=space.train["epochs"])
+
+
+def _repeat_counts(run_dir: Path):
+    """(answered, set aside): the study's trials the searcher told for a repeated architecture
+    (user attribute ``repeat_of``) with the trained trial's values, and those told FAIL."""
+    import optuna
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
+    repeats = [t for t in study.get_trials(deepcopy=False) if "repeat_of" in t.user_attrs]
+    answered = sum(1 for t in repeats if t.state == optuna.trial.TrialState.COMPLETE)
+    return answered, len(repeats) - answered
 
 
 def _close_orphans(run_dir: Path) -> None:

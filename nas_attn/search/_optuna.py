@@ -1,6 +1,8 @@
 """The Optuna side of the search: samplers, the define-by-run Arch sampler and the searcher."""
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import math
 from typing import Any, Dict, List, Optional
@@ -58,6 +60,18 @@ class ArchSampler:
         return {"arch": self.space.sample(trial)}
 
 
+def _as_stored(arch):
+    """``arch`` as a JSON storage gives it back (tuples become lists), for comparing Archs."""
+    return json.loads(json.dumps(arch, sort_keys=True))
+
+
+#: How many proposals in a row the searcher answers from the record (or sets aside, for a
+#: running architecture) before it lets a repeat train: far more than TPE or NSGA-II repeat in
+#: a space with untried architectures, few enough that a space whose every architecture is
+#: trained costs a fraction of a second per trial.
+MAX_REPEAT_PROPOSALS = 100
+
+
 def searcher_class():
     import optuna
     from ray.tune.search import Searcher
@@ -78,7 +92,8 @@ def searcher_class():
 
         def __init__(self, space: ArchSampler, *, sampler, storage, study_name: str,
                      objectives: List[Dict[str, Any]], points_to_evaluate=None, epochs: int,
-                     constraint_keys: List[str], run_dir: str, budget: int):
+                     constraint_keys: List[str], run_dir: str, budget: int,
+                     max_repeat_proposals: int = MAX_REPEAT_PROPOSALS):
             super().__init__(metric=[o["metric"] for o in objectives],
                              mode=["max" if o["direction"] == "maximize" else "min" for o in objectives])
             self._space = space
@@ -93,6 +108,7 @@ def searcher_class():
             self._budget = budget
             self._asked: Dict[str, Any] = {}  # Ray trial id -> optuna.Trial
             self._completed = set()
+            self._max_repeat_proposals = max_repeat_proposals
 
         def suggest(self, trial_id: str):
             if trial_id not in self._asked:
@@ -103,11 +119,73 @@ def searcher_class():
                            if tid not in self._completed and t.number not in recorded]
                 if len(recorded) + len(running) >= self._budget:
                     return Searcher.FINISHED
-                self._asked[trial_id] = self._study.ask()
+                self._asked[trial_id] = self._ask_unseen()
             ot_trial = self._asked[trial_id]
             arch = self._space(ot_trial)["arch"]
             ot_trial.set_user_attr("arch", arch)
             return {"arch": arch, "trial_number": ot_trial.number}
+
+        def _ask_unseen(self):
+            """A new study trial whose Arch no trained or running trial has, asked for again
+            while the sampler repeats one (at most ``max_repeat_proposals`` times in a row).
+
+            A trial's result is a function of (Arch, seed) and every trial of a search has the
+            same seed, so a repeat would train the same model again. A repeat of a finished
+            trial is told that trial's values (Optuna's own advice for duplicated parameters:
+            the sampler learns the point again, nothing is trained); a repeat of a running one
+            is told FAIL, which samplers ignore. Both keep ``repeat_of`` (the trained trial's
+            number) in the study and never reach Ray, so they use no budget.
+            """
+            for proposals in itertools.count(1):
+                ot_trial = self._study.ask()
+                arch = self._space(ot_trial)["arch"]
+                ot_trial.set_user_attr("arch", arch)
+                earlier = self._trained_or_running(arch, ot_trial.number)
+                if earlier is None:
+                    return ot_trial
+                # getattr: a searcher pickled before the cap existed comes back without it (--resume).
+                if proposals > getattr(self, "_max_repeat_proposals", MAX_REPEAT_PROPOSALS):
+                    # Every architecture the sampler favours is trained or running (a space with
+                    # fewer architectures than the budget): train the repeat rather than ask forever.
+                    logging.getLogger(__name__).warning(
+                        "the sampler proposed trained or running architectures %d times in a row; trial %d "
+                        "trains the architecture of trial %d again", proposals, ot_trial.number, earlier.number)
+                    return ot_trial
+                self._answer_repeat(ot_trial, earlier)
+
+        def _trained_or_running(self, arch, number: int):
+            """The first study trial, other than ``number``, that trained ``arch`` (COMPLETE: the
+            first one is never an answered repeat, which comes after its original) or is
+            training it now in this search; None if there is none.
+
+            A trial RUNNING in the study but not in this searcher (asked by a driver that died
+            before it started) trains nothing, so it does not count.
+            """
+            running = {t.number for tid, t in self._asked.items() if tid not in self._completed}
+            COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+            found = None
+            wanted = _as_stored(arch)
+            for frozen in self._study.get_trials(deepcopy=False, states=(COMPLETE, RUNNING)):
+                if frozen.number == number or _as_stored(frozen.user_attrs.get("arch")) != wanted:
+                    continue
+                if frozen.state == COMPLETE:
+                    return frozen
+                if found is None and frozen.number in running:
+                    found = frozen
+            return found
+
+        def _answer_repeat(self, ot_trial, earlier) -> None:
+            ot_trial.set_user_attr("repeat_of", earlier.number)
+            if earlier.state != optuna.trial.TrialState.COMPLETE:
+                self._study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                return
+            for key in ("status", "constraints"):
+                if key in earlier.user_attrs:
+                    ot_trial.set_user_attr(key, earlier.user_attrs[key])
+            if _has_set_constraint():
+                for key, value in earlier.constraints.items():
+                    ot_trial.set_constraint(key, value)
+            self._study.tell(ot_trial, earlier.values)
 
         def _is_finished(self, number: int) -> bool:
             return any(t.number == number and t.state.is_finished()

@@ -5,6 +5,7 @@ from typing import Any, Dict, List
 
 from ..arch import arch_summary
 from ..metrics import accuracy_text, is_number
+from ..results import TRIALS_FILE
 from ..units import format_count
 
 
@@ -36,3 +37,22 @@ def pareto_table(records: List[Dict[str, Any]]) -> str:
                      f"{format_count(m.get('macs'), 'MACs'):>14}  {format_count(m.get('effective_macs'), 'MACs'):>14}  "
                      f"{format_count(m.get('params'), ''):>10}  {arch_summary(r['arch'])}")
     return "\n".join(lines)
+
+
+def repeats_text(answered: int, set_aside: int) -> List[str]:
+    """The summary lines for the sampler's repeated proposals (none when there were none).
+
+    ``answered``: repeats of a trained architecture, told its values; ``set_aside``: repeats of
+    an architecture being trained at the time, told FAIL.
+    """
+    lines = []
+    if answered:
+        lines.append(f"{answered} proposal{'s' if answered != 1 else ''} repeated a trained architecture and "
+                     f"{'were' if answered != 1 else 'was'} answered from its record (not retrained)")
+    if set_aside:
+        lines.append(f"{set_aside} proposal{'s' if set_aside != 1 else ''} repeated an architecture being trained "
+                     f"and {'were' if set_aside != 1 else 'was'} set aside (FAIL in the study, not trained)")
+    if lines:
+        lines.append(f"  (the study keeps them with user attribute repeat_of; {TRIALS_FILE} has no line for their "
+                     f"trial numbers)")
+    return lines
