@@ -248,9 +248,15 @@ def sequential_worker(space_file: str, out: str, threads: int, replay: Optional[
     expected_archs: Dict[int, Any] = {}
     if replay:
         ray_study = results.open_study(replay)
-        for frozen in sorted(ray_study.trials, key=lambda t: t.number)[:budget]:
+        # The trials Ray trained, in order: the search answered repeated proposals (user
+        # attribute repeat_of) from the record, so the loop skips them too, and its trial i is
+        # the i-th trained one.
+        trained = [t for t in sorted(ray_study.trials, key=lambda t: t.number)
+                   if "repeat_of" not in t.user_attrs][:budget]
+        for frozen in trained:
             study.enqueue_trial(frozen.params)
-        expected_archs = {r["number"]: r["arch"] for r in results.read_trials(replay)}
+        recorded = {r["number"]: r["arch"] for r in results.read_trials(replay)}
+        expected_archs = {index: recorded[t.number] for index, t in enumerate(trained) if t.number in recorded}
     else:
         for point in space.first_points():  # as the search does (points_to_evaluate)
             study.enqueue_trial(point)
