@@ -60,15 +60,17 @@ class ArchSampler:
         return {"arch": self.space.sample(trial)}
 
 
-def _as_stored(arch):
-    """``arch`` as a JSON storage gives it back (tuples become lists), for comparing Archs."""
-    return json.loads(json.dumps(arch, sort_keys=True))
+def _arch_key(arch) -> str:
+    """``arch`` as canonical JSON, for comparing Archs: the same for an Arch and for the copy a
+    JSON storage gives back (tuples become lists)."""
+    return json.dumps(arch, sort_keys=True)
 
 
 #: How many proposals in a row the searcher answers from the record (or sets aside, for a
-#: running architecture) before it lets a repeat train: far more than TPE or NSGA-II repeat in
-#: a space with untried architectures, few enough that a space whose every architecture is
-#: trained costs a fraction of a second per trial.
+#: running architecture) before it lets a repeat train. Measured: TPE over the default space
+#: (synthetic objectives, 96 trials, 3 seeds) repeated at most 3 times in a row; in a space of
+#: 3 architectures, every suggest after the third cost 0.4-0.9 CPU-s with this cap (journal
+#: storage, 12 trials), against seconds to minutes for the training a repeat would cost.
 MAX_REPEAT_PROPOSALS = 100
 
 
@@ -163,10 +165,17 @@ def searcher_class():
             """
             running = {t.number for tid, t in self._asked.items() if tid not in self._completed}
             COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+            # A trial's Arch never changes once set: its key is computed once (a searcher pickled
+            # before this cache existed comes back without it).
+            keys = self.__dict__.setdefault("_arch_keys", {})
             found = None
-            wanted = _as_stored(arch)
+            wanted = _arch_key(arch)
             for frozen in self._study.get_trials(deepcopy=False, states=(COMPLETE, RUNNING)):
-                if frozen.number == number or _as_stored(frozen.user_attrs.get("arch")) != wanted:
+                if frozen.number == number or "arch" not in frozen.user_attrs:
+                    continue
+                if frozen.number not in keys:
+                    keys[frozen.number] = _arch_key(frozen.user_attrs["arch"])
+                if keys[frozen.number] != wanted:
                     continue
                 if frozen.state == COMPLETE:
                     return frozen
