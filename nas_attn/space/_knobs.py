@@ -80,6 +80,13 @@ def _stages_section(doc: dict, check: _Checker):
     return stages_doc, [_parse_stage_rule(glob, value, ("stages", glob), check) for glob, value in stages_doc.items()]
 
 
+def _resnet_default(arg: str):
+    """The default of one of timm ``ResNet``'s constructor arguments (``channels``, ``stem_width``, ...)."""
+    import inspect
+    from timm.models.resnet import ResNet  # second pass: timm
+    return inspect.signature(ResNet.__init__).parameters[arg].default
+
+
 def _stem_stage(model_family: str, model_name: str, args: dict, rule: StageRule, check: _Checker) -> Stage:
     """The stem as a Stage with its width knob, where timm's builder takes the stem's width as
     an argument: a ResNet's deep stem (``stem_width``) or a MobileNetV2 (``stem_size``)."""
@@ -87,16 +94,13 @@ def _stem_stage(model_family: str, model_name: str, args: dict, rule: StageRule,
         check.fail(rule.path + ("depth",), "the stem has no blocks to keep or drop; depth applies to the "
                                            "block stages (layer1.., blocks.0..)")
     if model_family == "resnet":
-        import inspect
-        from timm.models.resnet import ResNet
-        defaults = inspect.signature(ResNet.__init__).parameters
-        stem_type = args.get("stem_type", defaults["stem_type"].default)
+        stem_type = args.get("stem_type", _resnet_default("stem_type"))
         if "deep" not in str(stem_type):
             check.fail(rule.path, f"timm's single 7x7 ResNet stem has 64 channels whatever the model args say "
                                   f"(stem_type {stem_type!r}), so its width cannot be searched; declare a deep stem "
                                   f"in model.args (stem_type: deep, stem_width: N: three 3x3 convs of N, N and 2N "
                                   f"channels) to search stem_width")
-        return Stage(STEM, int(args.get("stem_width", defaults["stem_width"].default)), [], rule)
+        return Stage(STEM, int(args.get("stem_width", _resnet_default("stem_width"))), [], rule)
     from ..arch import MOBILENETV2_MULTIPLIERS  # second pass: timm
     from timm.models._efficientnet_builder import round_channels
     if model_name not in MOBILENETV2_MULTIPLIERS:
@@ -119,10 +123,7 @@ def _stages(probe, model_family: str, model_name: str, args: dict, block_names: 
     names = list(dict.fromkeys(stage_of(b) for b in block_names))
     blocks_of = {n: [b for b in block_names if stage_of(b) == n] for n in names}
     if model_family == "resnet":
-        import inspect
-        from timm.models.resnet import ResNet
-        default = inspect.signature(ResNet.__init__).parameters["channels"].default
-        channels = list(args.get("channels", default))
+        channels = list(args.get("channels", _resnet_default("channels")))
     else:
         if needs_knobs and model_name not in MOBILENETV2_MULTIPLIERS:
             check.fail(("stages",) if stage_rules else ("blocks",),

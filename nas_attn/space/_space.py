@@ -46,7 +46,7 @@ class SearchSpace:
     # -- architectures ------------------------------------------------------------------
     @property
     def has_knobs(self) -> bool:
-        """Whether any stage or block rule searches width, depth, expansion or kernel."""
+        """Whether any stage or block rule searches width, depth, the stem's width, expansion or kernel."""
         return any(st.rule for st in self._knob_stages()) or any(d.rule.knobs for d in self.decisions)
 
     def _knob_stages(self) -> List[Stage]:
