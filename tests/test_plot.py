@@ -1,4 +1,5 @@
 """nas_attn.plot on a hand-made results folder: files written, hypervolume and history, errors."""
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -364,3 +365,20 @@ def test_intervals_draw_as_error_bars_and_confirmed_means_move_the_points(tmp_pa
     assert [r["number"] for r in run.front] == [top["number"]]  # only confirmed trials compete
     text = plot.plot_runs([run.path], tmp_path / "b.svg").read_text()
     assert "over seeds for confirmed trials" in text
+
+
+def test_only_the_first_plain_trial_is_the_baseline_not_the_anchors(tmp_path):
+    # A search's anchors (trials 1-2: the cheapest and dearest widths) have no attention either;
+    # they must not get the baseline's star or its "(baseline)" label.
+    from nas_attn.plot._figure import _label_text
+    recs = records()
+    anchor = ok(11, 0.80, 20.0e6, macs=20.0e6)
+    anchor["arch"]["model_args"]["channels"] = [32, 64, 128, 256]
+    recs.append(anchor)
+    series = plot._series([plot.load_run(make_run(tmp_path / "anchored", recs))], "effective_macs")
+    points = {p["number"]: p for p in series[0].points}
+    assert [n for n, p in points.items() if p["baseline"]] == [0]
+    assert "(baseline)" in _label_text(points[0]) and "(baseline)" not in _label_text(points[11])
+    if importlib.util.find_spec("plotly"):
+        figure = plot.html_figure(series, "effective_macs", False)
+        assert [n for n, p in html_points(figure).items() if p[0] == "baseline"] == [0]

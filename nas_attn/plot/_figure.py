@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..arch import arch_summary, is_baseline
+from ..arch import arch_summary
 from ..metrics import METRICS, X_METRICS, format_value, is_number
 from ..results import objective_value
 from ..space import SearchSpace
@@ -94,6 +94,9 @@ def _series(runs: Sequence[Run], x: str) -> List[Series]:
     series = []
     for index, run in enumerate(runs):
         front_ids = {id(r) for r in run.front}
+        # The baseline is one trial (trial 0 of a search); the anchors (trials 1-2) have no
+        # attention either, but other widths, so is_baseline alone would mark them too.
+        baseline_number = run.baseline["number"] if run.baseline is not None else None
         points, missing = [], 0
         for record in run.ok:
             value = (record.get("metrics") or {}).get(x)
@@ -103,7 +106,7 @@ def _series(runs: Sequence[Run], x: str) -> List[Series]:
             low, high = accuracy_interval(record)
             points.append({"number": record["number"], "x": float(value),
                            "y": float(objective_value(record, "accuracy")), "y_low": low, "y_high": high,
-                           "pareto": id(record) in front_ids, "baseline": is_baseline(record.get("arch")),
+                           "pareto": id(record) in front_ids, "baseline": record["number"] == baseline_number,
                            "summary": arch_summary(record["arch"]) if record.get("arch") else "-",
                            "record": record})
         metrics = [o["metric"] for o in run.objectives]
