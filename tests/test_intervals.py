@@ -57,6 +57,7 @@ def test_search_builds_samplers_by_the_rule_and_validates_overrides():
         assert info.value.key_path == key
 
 
+@pytest.mark.filterwarnings("ignore:Argument ``group`` is an experimental feature")
 def test_sampler_options_reach_the_optuna_sampler_and_bad_ones_are_named():
     import optuna
 
