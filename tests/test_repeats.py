@@ -9,7 +9,7 @@ import logging
 import optuna
 import pytest
 
-from nas_attn.results import read_trials, study_storage
+from nas_attn.results import open_study, read_trials, study_storage
 from nas_attn.search._driver import _repeat_counts
 from nas_attn.search._optuna import searcher_class
 from nas_attn.search._text import repeats_text
@@ -77,7 +77,7 @@ def test_a_repeat_of_a_trained_arch_is_answered_from_its_record_and_not_returned
         assert t.user_attrs["repeat_of"] == 0 and t.user_attrs["status"] == "ok"
         assert t.user_attrs["arch"] == trials[0].user_attrs["arch"]
         assert t.constraints == {"max_params": 0.0}
-    assert _repeat_counts(tmp_path) == (2, 0)
+    assert _repeat_counts(open_study(tmp_path)) == (2, 0)
     assert repeats_text(2, 0)[0] == ("2 proposals repeated a trained architecture and were answered "
                                      "from its record (not retrained)")
 
@@ -101,7 +101,7 @@ def test_a_repeat_of_a_running_arch_is_failed_and_not_returned(tmp_path):
     assert attention(second) == "none" and second["trial_number"] == 2
     repeat = study_trials(tmp_path)[1]
     assert repeat.state == optuna.trial.TrialState.FAIL and repeat.user_attrs["repeat_of"] == 0
-    assert _repeat_counts(tmp_path) == (0, 1)
+    assert _repeat_counts(open_study(tmp_path)) == (0, 1)
 
 
 def test_repeats_use_no_budget(tmp_path):

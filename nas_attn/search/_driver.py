@@ -240,7 +240,7 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
                                       callbacks=[recorder, JsonLoggerCallback()],
                                       failure_config=tune.FailureConfig(max_failures=search["max_failures"])))
     tuner.fit()
-    _close_orphans(run_dir)
+    study = _close_orphans(run_dir)
     records = read_trials(run_dir)
     if search.get("confirm"):
         from ._confirm import confirm
@@ -253,7 +253,7 @@ def _run(space: SearchSpace, run_dir: Path, resuming: bool, verbose: bool) -> Se
         print(f"\n{title} ({len(front)} of {len(records)} trials; objectives: "
               + ", ".join(f"{o['metric']} ({o['direction']})" for o in objectives) + ")")
         print(pareto_table(front))
-    repeats = repeats_text(*_repeat_counts(run_dir))
+    repeats = repeats_text(*_repeat_counts(study))
     if repeats:
         print("\n" + "\n".join(repeats))
     print(f"\nResults: {run_dir}\n  {TRIALS_FILE}, {PARETO_FILE}, {STUDY_FILE} (optuna-dashboard "
@@ -296,18 +296,18 @@ def _make_scheduler(space: SearchSpace):
                               reduction_factor=es["reduction_factor"], max_t=space.train["epochs"])
 
 
-def _repeat_counts(run_dir: Path):
+def _repeat_counts(study):
     """(answered, set aside): the study's trials the searcher told for a repeated architecture
     (user attribute ``repeat_of``) with the trained trial's values, and those told FAIL."""
     import optuna
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
     repeats = [t for t in study.get_trials(deepcopy=False) if "repeat_of" in t.user_attrs]
     answered = sum(1 for t in repeats if t.state == optuna.trial.TrialState.COMPLETE)
     return answered, len(repeats) - answered
 
 
-def _close_orphans(run_dir: Path) -> None:
-    """Mark study trials still RUNNING after the search as FAIL.
+def _close_orphans(run_dir: Path):
+    """Mark study trials still RUNNING after the search as FAIL; returns the study (loaded once
+    for this and the summary: loading replays the whole journal).
 
     When a driver dies, trials it had asked Optuna for but never started are left RUNNING in
     the journal; on --resume they are not Ray's to finish, so the study would disagree with
@@ -321,4 +321,5 @@ def _close_orphans(run_dir: Path) -> None:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         storage.set_trial_user_attr(trial_id, "error", "lost when the search driver stopped")
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    return study
 
