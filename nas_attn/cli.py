@@ -66,10 +66,10 @@ def _non_negative_float(text: str) -> float:
 def cmd_search(args) -> int:
     space = args.space
     if args.resume is None:
-        # The space first: its first pass needs neither torch nor Ray, so a typo in it is
-        # reported in well under a second instead of after the search's imports.
-        from .space import load
-        space = load(args.space)
+        # The space's first pass here: it needs neither torch nor Ray, so a typo in it is
+        # reported in well under a second. run() does the second while Ray starts.
+        from .space import read
+        space = read(args.space)
     from .search import run
     result = run(space, trials=args.trials, concurrent=args.concurrent, epochs=args.epochs, sampler=args.sampler,
         seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

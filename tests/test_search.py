@@ -207,7 +207,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_yaml, capsys, shared_r
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
 
 
-def test_missing_data_folder_is_named(tmp_path, tiny_yaml, capsys):
+def test_missing_data_folder_is_named(tmp_path, tiny_yaml, capsys, shared_ray):
+    # On the session's Ray: a search that starts its own finds the data while Ray starts and
+    # then stops it (tests/test_search_startup.py); the message and the empty --out are the same.
     path = tmp_path / "cifar.yaml"
     path.write_text(tiny_yaml.replace("dataset: digits", f"dataset: cifar10, root: {tmp_path / 'nowhere'}")
                     .replace("in_chans: 1", "in_chans: 3"))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from ..arch import arch_summary
 from ..metrics import accuracy_text, is_number
 from ..results import TRIALS_FILE
 from ..units import format_count
@@ -20,6 +19,7 @@ def progress_line(record: Dict[str, Any], done: int, budget: int) -> str:
         tail = f"  (breaks {', '.join(record.get('violations') or {})})"
     elif record["status"] == "stopped":
         tail = f"  (stopped after epoch {m.get('epoch')})"
+    from ..arch import arch_summary  # here: nas_attn.arch imports timm, which the driver loads late
     summary = arch_summary(record["arch"]) if record.get("arch") else "-"
     return (f"[{done:>3}/{budget}] trial {record['number']:>3}  {record['status']:<10} {acc_text}  "
             f"{format_count(m.get('macs'), 'MACs'):>14}  eff {format_count(m.get('effective_macs'), 'MACs'):>14}"
@@ -28,6 +28,7 @@ def progress_line(record: Dict[str, Any], done: int, budget: int) -> str:
 
 def pareto_table(records: List[Dict[str, Any]]) -> str:
     """A plain-text table of Pareto records (units in the header)."""
+    from ..arch import arch_summary
     header = (f"{'trial':>5}  {'accuracy [95% interval]':>23}  {'MACs':>14}  {'eff. MACs':>14}  {'params':>10}"
               "  architecture")
     lines = [header, "-" * len(header)]

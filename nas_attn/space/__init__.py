@@ -3,6 +3,8 @@
 ``load(path_or_name)`` reads a YAML file (``yaml.safe_load`` semantics only) or a space
 shipped in ``search_spaces/`` by name, checks every key before any trial runs, and raises
 :class:`SpaceError` naming the file, the line, the key path and what was expected.
+``read(path_or_name)`` runs only the first of the two checks (the YAML alone, no torch) and
+returns a :class:`SpaceDocument` whose ``build()`` runs the second.
 
 The format (README "Search spaces" documents every key)::
 
@@ -47,7 +49,7 @@ from ._errors import SpaceError, _did_you_mean, format_key_path
 from ._knobs import BLOCK_KNOBS, STAGE_KEYS, Stage, StageRule
 from ._params import Param
 from ._sections import DEFAULTS, OPTIMIZERS, SAMPLERS, TOP_LEVEL_KEYS
-from ._space import SearchSpace, from_dict
+from ._space import SearchSpace, SpaceDocument, check_document, from_dict
 from ._yaml import SpaceLoader, _parse_yaml, _read_text
 
 
@@ -75,9 +77,15 @@ def resolve(path_or_name: Union[str, os.PathLike]) -> Path:
 
 def load(path_or_name: Union[str, os.PathLike]) -> SearchSpace:
     """Load and validate a search space from a YAML path or a shipped name."""
+    return read(path_or_name).build()
+
+
+def read(path_or_name: Union[str, os.PathLike]) -> SpaceDocument:
+    """Read a search space and run the first check only (the YAML's keys, types and ranges; no
+    torch or timm); ``.build()`` runs the second and returns the :class:`SearchSpace`."""
     path = resolve(path_or_name)
     document, lines = _parse_yaml(_read_text(path), str(path))
-    return from_dict(document, file=str(path), lines=lines)
+    return check_document(document, file=str(path), lines=lines)
 
 
 def loads(text: str, file: str = "<string>") -> SearchSpace:
@@ -86,6 +94,6 @@ def loads(text: str, file: str = "<string>") -> SearchSpace:
     return from_dict(document, file=file, lines=lines)
 
 
-__all__ = ["load", "loads", "from_dict", "resolve", "shipped_spaces", "SearchSpace", "SpaceError", "SpaceLoader",
+__all__ = ["load", "loads", "read", "from_dict", "check_document", "SpaceDocument", "resolve", "shipped_spaces", "SearchSpace", "SpaceError", "SpaceLoader",
            "Decision", "BlockRule", "Stage", "StageRule", "Param", "format_key_path", "DEFAULTS", "SAMPLERS",
            "OPTIMIZERS", "TOP_LEVEL_KEYS", "STAGE_KEYS", "BLOCK_KNOBS"]

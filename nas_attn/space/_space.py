@@ -271,14 +271,29 @@ def _plain_choice(decision: "Decision") -> Dict[str, Any]:
     return choice
 
 
-def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tuple, int]] = None) -> SearchSpace:
-    """Validate a search-space document (the parsed YAML) and build the SearchSpace.
+@dataclass
+class SpaceDocument:
+    """A search-space document whose YAML has passed the first check (keys, types, ranges);
+    :meth:`build` runs the second, which imports torch and timm and builds the model.
 
-    Two passes. The first checks every section's keys, types and ranges with nothing but the
-    YAML: a typo is reported in well under a second. The second imports torch and timm (7 s on
-    a 2-core machine) and checks what needs them: the model name, the attention modules and
-    their hyperparameters, the blocks the globs match, the data against the model.
+    Split so that a search can start Ray while the second pass runs (``nas_attn.search.run``):
+    a mistake in the YAML is still reported before Ray starts, in well under a second.
     """
+    name: str
+    file: Optional[str]
+    _check: _Checker = field(repr=False)
+    _doc: Dict[str, Any] = field(repr=False)
+    _sections: Dict[str, Any] = field(repr=False)
+
+    def build(self) -> SearchSpace:
+        """Run the second pass; raises :class:`SpaceError` like :func:`from_dict`."""
+        return _second_pass(self)
+
+
+def check_document(document: Any, file: Optional[str] = None,
+                   lines: Optional[Dict[tuple, int]] = None) -> SpaceDocument:
+    """The first pass of :func:`from_dict`: every section's keys, types and ranges, with nothing
+    but the YAML (no torch, timm or Ray is imported)."""
     check = _Checker(file, lines or {})
     check.mapping(document, (), TOP_LEVEL_KEYS, required=("model", "blocks"))
     doc = copy.deepcopy(document)
@@ -287,15 +302,34 @@ def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tu
     check.string(name, ("name",))
     plugins = _plugins_section(doc, check)  # first: the modules they register may be named below
     model, divisor = _model_section(doc, check)
-    data = _data_section(doc, check)
-    train = _train_section(doc, check)
-    objectives = _objectives_section(doc, check)
-    constraints = _constraints_section(doc, check)
-    search = _search_section(doc, check)
-    stages_doc, stage_rules = _stages_section(doc, check)
+    sections = dict(plugins=plugins, model=model, divisor=divisor, data=_data_section(doc, check),
+                    train=_train_section(doc, check), objectives=_objectives_section(doc, check),
+                    constraints=_constraints_section(doc, check), search=_search_section(doc, check))
+    sections["stages_doc"], sections["stage_rules"] = _stages_section(doc, check)
+    return SpaceDocument(name=name, file=file, _check=check, _doc=doc, _sections=sections)
 
-    # Second pass: torch and timm load here. Blocks: parse the rules (the module registry),
-    # then match them against the real model.
+
+def from_dict(document: Any, file: Optional[str] = None, lines: Optional[Dict[tuple, int]] = None) -> SearchSpace:
+    """Validate a search-space document (the parsed YAML) and build the SearchSpace.
+
+    Two passes. The first (:func:`check_document`) checks every section's keys, types and
+    ranges with nothing but the YAML: a typo is reported in well under a second. The second
+    (:meth:`SpaceDocument.build`) imports torch and timm (3-7 s on a 2-core machine) and checks
+    what needs them: the model name, the attention modules and their hyperparameters, the
+    blocks the globs match, the data against the model.
+    """
+    return check_document(document, file, lines).build()
+
+
+def _second_pass(first: SpaceDocument) -> SearchSpace:
+    check, doc, name, file = first._check, first._doc, first.name, first.file
+    sections = first._sections
+    plugins, model, divisor, data, train = (sections[k] for k in ("plugins", "model", "divisor", "data", "train"))
+    objectives, constraints, search = sections["objectives"], sections["constraints"], sections["search"]
+    stages_doc, stage_rules = sections["stages_doc"], sections["stage_rules"]
+
+    # torch and timm load here. Blocks: parse the rules (the module registry), then match them
+    # against the real model.
     from ..arch import build_model
     from ._probe import _check_against_data, _check_image_size, _probe_model
     _check_model_name(model, check)
