@@ -111,3 +111,19 @@ def test_import_nas_attn_registers_the_timm_entrypoint(register_then_validate):
     # timm imported by one of our own modules while nas_attn is still importing
     # (`from nas_attn.modules import DSA` then `import timm`, in the interpreter shared with validate)
     assert register_then_validate["registered"] == "ok", register_then_validate["registered"]
+
+
+def test_the_program_freezes_the_collector_before_it_exits_and_main_leaves_it_alone(tmp_path):
+    # console_main (the nas-attn program) ends with gc.freeze(), so Python's last collection
+    # at exit skips what torch and timm made (~1 s); main, which tests and notebooks call in
+    # a process that goes on, must not freeze anything.
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("name: typo\nmodel: {name: resnet18}\ntrain: {batchsize: 64}\nblocks: {}\n")
+    _loaded_after(
+        "import gc, sys\nfrom nas_attn.cli import console_main, main\n"
+        f"sys.argv = ['nas-attn', 'validate', {str(bad)!r}]\n"
+        "assert main(sys.argv[1:]) == 2 and gc.get_freeze_count() == 0\n"
+        "assert console_main() == 2 and gc.get_freeze_count() > 0")
+    from importlib.metadata import entry_points
+    (program,) = [e for e in entry_points(group="console_scripts") if e.name == "nas-attn"]
+    assert program.value == "nas_attn.cli:console_main"
