@@ -604,6 +604,10 @@ def main(argv=None) -> int:
 
     if args.worker:
         sequential_worker(args.space, args.out, args.threads, args.replay)
+        # The loop's process exits as the nas-attn program does (nas_attn.cli.console_main):
+        # without the final collection, so both sides' tear-down is measured alike.
+        import gc
+        gc.freeze()
         return 0
 
     if args.from_summary:

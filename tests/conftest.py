@@ -68,6 +68,14 @@ _share_the_cores_among_xdist_workers()
 import pytest  # noqa: E402  (after the environment above, which must come before any Ray import)
 
 
+def pytest_unconfigure(config):
+    """The session is over: spare this process Python's last garbage collection at exit
+    (1-1.5 s in a process that imported torch, timm and Ray), as nas_attn.cli.console_main
+    does for the program (README, "Cost model: how each number is measured")."""
+    import gc
+    gc.freeze()
+
+
 def make_tiny_space(name="tiny_digits", epochs=1, trials=5, seed=1, concurrent=2,
                     attention="{choices: [none, se, dsa], dsa: {threshold: {float: [0.0, 0.8]}}}",
                     aw_conv=None, constraints="{max_params: 712300}", plugins=()):
