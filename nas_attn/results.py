@@ -8,6 +8,8 @@
       trials.jsonl      one line per finished trial: number, status, arch, metrics
       pareto.json       the non-dominated finished trials
       ray/              Ray Tune's experiment (checkpoints with each trial's final weights)
+      ray_sessions.txt  the local Ray instances the search started (for --resume after a kill)
+      driver.lock       locked while a search driver writes the folder
 
 The search writes this folder; export, plot and report only read it, through this module, so
 they never import the Ray/Optuna driver.
@@ -33,6 +35,9 @@ RAY_FOLDER = "ray"
 # One line per local Ray instance a search started here (its session folder), for --resume to
 # end what a killed driver left running (nas_attn.cluster.stop_orphans).
 RAY_SESSIONS_FILE = "ray_sessions.txt"
+# Held (flock) by the search driver writing the folder, for its whole life: the kernel lets go
+# when the process ends, however it ends (see claim_results_folder).
+DRIVER_LOCK_FILE = "driver.lock"
 STUDY_NAME = "nas_attn"
 #: The trained weights in a trial's checkpoint and in an exported folder (safetensors).
 WEIGHTS_FILE = "model.safetensors"
@@ -165,6 +170,47 @@ def open_study(run_dir: PathLike):
     """The Optuna study of a results folder (read it with ``best_trials``, the dashboard, ...)."""
     import optuna
     return optuna.load_study(study_name=STUDY_NAME, storage=study_storage(run_dir))
+
+
+def claim_results_folder(run_dir: PathLike):
+    """Lock ``run_dir`` for this process, the one search driver that may write it; returns the
+    open lock file, to keep for as long as the search runs (closing it lets go).
+
+    Raises :class:`ResultsError` when another live process holds it (a search still running
+    there). An exclusive ``flock`` on ``driver.lock``: the kernel releases it when its process
+    ends, also on SIGKILL, so a folder whose driver was killed is never locked out. Why not a
+    PID file: a PID can be reused, and a dead driver's file would have to be guessed stale.
+    Where ``fcntl`` does not exist (not POSIX), nothing is locked and None is returned.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = Path(run_dir) / DRIVER_LOCK_FILE
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ResultsError(f"{run_dir}: a search is still running in this folder (another process holds "
+                           f"{path}); wait for it to end or stop it first") from None
+    return handle
+
+
+def release_stale_journal_lock(run_dir: PathLike) -> bool:
+    """Remove the study journal's write lock a killed driver left behind; True if there was one.
+
+    Call only while :func:`claim_results_folder` holds the folder: then no other driver can be
+    writing the journal (export, plot and report only read it, without the lock). Optuna
+    itself breaks a lock only after it has stood unchanged for 30 s, so a ``--resume`` after
+    a driver killed mid-write would otherwise wait that long.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+    try:
+        JournalFileSymlinkLock(str(Path(run_dir) / STUDY_FILE)).release()
+    except RuntimeError:  # no lock file: the driver died between writes
+        return False
+    return True
 
 
 def study_storage(run_dir: PathLike):

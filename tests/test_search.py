@@ -185,10 +185,18 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_yaml, capsys, shared_r
         driver.wait()
     before = {r["number"]: r for r in results.read_trials(out)}
     assert 2 <= len(before) < 4
+    # A kill that lands while the driver appends to the study journal leaves the journal's lock
+    # behind (Optuna breaks such a lock only after 30 s); make sure one is there, as the kill
+    # left it or planted now, and that the resume removes it and says so.
+    from optuna.storages.journal import JournalFileSymlinkLock
+    journal_lock = Path(str(out / results.STUDY_FILE) + ".lock")  # Optuna's name for it
+    if not os.path.lexists(journal_lock):
+        assert JournalFileSymlinkLock(str(out / results.STUDY_FILE)).acquire()
     # The killed driver had to be a process of its own; the resume runs `nas-attn search --resume`
     # in this process, on the session's Ray (a fresh interpreter and Ray cost ~10 s and check
     # nothing about resuming: the resumed trials still run in new Ray workers).
     assert cli.main(["search", "--resume", str(out)]) == 0, capsys.readouterr()
+    assert "removed the lock on" in capsys.readouterr().err and not os.path.lexists(journal_lock)
     records, _, study = check_files_agree(out, 4, contiguous=False)
     by_number = {r["number"]: r for r in records}
     for frozen in study.trials:

@@ -124,3 +124,85 @@ def test_read_checks_only_the_yaml_and_build_gives_what_load_gives(tmp_path):
     built = read(space).build()
     assert built.to_yaml() == search.apply_overrides(built).to_yaml()
     assert [d.blocks for d in built.decisions] == [["layer1.0"], ["layer1.1"]]
+
+
+# --------------------------------------------------------------------------------------------
+# One driver per results folder (results.claim_results_folder), and the journal lock a killed
+# driver leaves (results.release_stale_journal_lock).
+
+HOLD = """\
+import sys, time
+from nas_attn.results import claim_results_folder
+held = claim_results_folder(sys.argv[1])
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_folder_is_held_by_one_process_and_let_go_when_it_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from nas_attn.results import ResultsError, claim_results_folder
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ResultsError, match="a search is still running in this folder") as caught:
+            claim_results_folder(tmp_path)
+        assert str(tmp_path / "driver.lock") in str(caught.value)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # no clean-up code runs: the kernel lets go
+        holder.wait()
+    claimed = claim_results_folder(tmp_path)
+    try:
+        with pytest.raises(ResultsError):  # and now this process holds it
+            claim_results_folder(tmp_path)
+    finally:
+        claimed.close()
+    claim_results_folder(tmp_path).close()  # closed, it is free again
+
+
+def _results_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "ray").mkdir(parents=True)
+    (run_dir / "space.yaml").write_text(NO_BLOCK.replace("layer9", "layer1"))
+    (run_dir / "trials.jsonl").write_text("")
+    return run_dir
+
+
+def test_resume_refuses_a_folder_a_running_search_holds_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from nas_attn import cli
+    from nas_attn.results import claim_results_folder
+    fake = FakeRay(monkeypatch, wait_for_second_pass=False)
+    run_dir = _results_folder(tmp_path)
+    held = claim_results_folder(run_dir)  # as the search running there would
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    try:
+        assert cli.main(["search", "--resume", str(run_dir)]) == 2
+    finally:
+        held.close()
+    err = capsys.readouterr().err
+    assert "--resume" in err and "a search is still running in this folder" in err
+    assert fake.started == 0
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_the_journal_lock_a_killed_driver_left_is_removed_and_only_that(tmp_path):
+    import os
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    from nas_attn.results import STUDY_FILE, release_stale_journal_lock, study_storage
+    journal = tmp_path / STUDY_FILE
+    lock_file = tmp_path / (STUDY_FILE + ".lock")  # Optuna's name for it
+    study_storage(tmp_path).create_new_study(directions=[], study_name="before")
+    assert JournalFileSymlinkLock(str(journal)).acquire()  # a driver killed while writing
+    assert os.path.lexists(lock_file)
+    assert release_stale_journal_lock(tmp_path) is True
+    assert not os.path.lexists(lock_file)
+    assert release_stale_journal_lock(tmp_path) is False  # nothing to remove
+    storage = study_storage(tmp_path)  # and the journal is whole and writable at once
+    storage.create_new_study(directions=[], study_name="after")
+    assert sorted(s.study_name for s in storage.get_all_studies()) == ["after", "before"]

@@ -5,6 +5,7 @@ describes the folder it writes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
 from ..results import (PARETO_FILE, RAY_FOLDER, RAY_SESSIONS_FILE, SPACE_FILE, STUDY_FILE, STUDY_NAME, TRIALS_FILE,
-                       pareto_records, read_trials, study_storage, write_atomic)
+                       ResultsError, claim_results_folder, pareto_records, read_trials, release_stale_journal_lock,
+                       study_storage, write_atomic)
 from ..plugins import PluginError, import_plugins
 from ..space import SearchSpace, SpaceDocument, read
 from ._base import SearchError, SearchResult
@@ -108,97 +110,116 @@ def run(space: Union[SearchSpace, str, os.PathLike] = "cluttered_resnet", *, tri
     cluster that runs without it. ``plugins`` names modules that register attention modules
     (:mod:`nas_attn.plugins`); they join the space's ``plugins`` and are imported in every worker.
     """
-    connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    if address is None and not connected:
-        # First: before any work, and before `import ray`, which reads whether a new node may
-        # take 127.0.0.1 only then.
-        from ..cluster import ClusterError, prepare_local_environment
+    # The folder's lock (claim_results_folder), once taken, is let go however run() ends.
+    with contextlib.ExitStack() as held:
+        connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        if address is None and not connected:
+            # First: before any work, and before `import ray`, which reads whether a new node may
+            # take 127.0.0.1 only then.
+            from ..cluster import ClusterError, prepare_local_environment
+            try:
+                prepare_local_environment()
+            except ClusterError as exc:
+                raise SearchError(str(exc)) from None
+        if address is not None and connected:
+            # A driver talks to one Ray at a time: searching the one already running would
+            # silently ignore --address.
+            raise SearchError(f"--address {address}: this process is already connected to Ray; "
+                              f"call ray.shutdown() before searching on another cluster")
+        _check_address(address)
         try:
-            prepare_local_environment()
-        except ClusterError as exc:
+            import_plugins(plugins)  # before the space is read: it may name the modules they register
+        except PluginError as exc:
             raise SearchError(str(exc)) from None
-    if address is not None and connected:
-        # A driver talks to one Ray at a time: searching the one already running would
-        # silently ignore --address.
-        raise SearchError(f"--address {address}: this process is already connected to Ray; "
-                          f"call ray.shutdown() before searching on another cluster")
-    _check_address(address)
-    try:
-        import_plugins(plugins)  # before the space is read: it may name the modules they register
-    except PluginError as exc:
-        raise SearchError(str(exc)) from None
-    if resume is not None:
-        # Tuner.restore keeps the experiment as it started (budget, trainable settings, the
-        # searcher's sampler): a changed flag would be ignored silently, so it is refused.
-        given = {flag: value for flag, value in (
-            ("--trials", trials), ("--concurrent", concurrent), ("--epochs", epochs), ("--sampler", sampler),
-            ("--seed", seed), ("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial),
-            ("--data-root", data_root), ("--early-stopping", early_stopping), ("--confirm", confirm))
-            if value is not None}
-        if given:
-            raise SearchError(f"--resume {resume} continues the search exactly as recorded in its {SPACE_FILE}; "
-                              f"{', '.join(given)} cannot change it (Ray restores the experiment with its "
-                              f"budget, concurrency and settings). Start a new search with --out to change them.")
-        run_dir = Path(resume).resolve()
-        if not (run_dir / SPACE_FILE).is_file() or not (run_dir / RAY_FOLDER).is_dir():
-            raise SearchError(f"--resume {resume}: not a nas-attn results folder "
-                              f"(expected {SPACE_FILE} and {RAY_FOLDER}/ inside)")
-        document = read(run_dir / SPACE_FILE)
-        read_trials(run_dir)  # a damaged trials.jsonl is named now, before Ray starts
+        if resume is not None:
+            # Tuner.restore keeps the experiment as it started (budget, trainable settings, the
+            # searcher's sampler): a changed flag would be ignored silently, so it is refused.
+            given = {flag: value for flag, value in (
+                ("--trials", trials), ("--concurrent", concurrent), ("--epochs", epochs), ("--sampler", sampler),
+                ("--seed", seed), ("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial),
+                ("--data-root", data_root), ("--early-stopping", early_stopping), ("--confirm", confirm))
+                if value is not None}
+            if given:
+                raise SearchError(f"--resume {resume} continues the search exactly as recorded in its {SPACE_FILE}; "
+                                  f"{', '.join(given)} cannot change it (Ray restores the experiment with its "
+                                  f"budget, concurrency and settings). Start a new search with --out to change them.")
+            run_dir = Path(resume).resolve()
+            if not (run_dir / SPACE_FILE).is_file() or not (run_dir / RAY_FOLDER).is_dir():
+                raise SearchError(f"--resume {resume}: not a nas-attn results folder "
+                                  f"(expected {SPACE_FILE} and {RAY_FOLDER}/ inside)")
+            try:
+                claimed = claim_results_folder(run_dir)
+            except ResultsError as exc:
+                raise SearchError(f"--resume: {exc}") from None
+            if claimed is not None:
+                held.callback(claimed.close)
+            if release_stale_journal_lock(run_dir):
+                print(f"removed the lock on {run_dir / STUDY_FILE} left by the search that was stopped "
+                      f"while writing it", file=sys.stderr)
+            document = read(run_dir / SPACE_FILE)
+            read_trials(run_dir)  # a damaged trials.jsonl is named now, before Ray starts
 
-        def prepare() -> SearchSpace:
-            restored = document.build()
-            _check_data(restored)
-            return restored
-    else:
-        document = space if isinstance(space, (SearchSpace, SpaceDocument)) else read(space)
-        run_dir = Path(out) if out is not None else default_run_dir(document)
-        run_dir = run_dir.resolve()
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise SearchError(f"--out {run_dir} exists and is not empty; choose a new folder "
-                              f"or continue it with --resume {run_dir}")
+            def prepare() -> SearchSpace:
+                restored = document.build()
+                _check_data(restored)
+                return restored
+        else:
+            document = space if isinstance(space, (SearchSpace, SpaceDocument)) else read(space)
+            run_dir = Path(out) if out is not None else default_run_dir(document)
+            run_dir = run_dir.resolve()
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise SearchError(f"--out {run_dir} exists and is not empty; choose a new folder "
+                                  f"or continue it with --resume {run_dir}")
 
-        def prepare() -> SearchSpace:
-            built = document.build() if isinstance(document, SpaceDocument) else document
-            built = apply_overrides(built, trials=trials, concurrent=concurrent, epochs=epochs, sampler=sampler,
-                                    seed=seed, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                                    data_root=data_root, early_stopping=early_stopping, confirm=confirm,
-                                    plugins=plugins)
-            _check_data(built)
-            return built
+            def prepare() -> SearchSpace:
+                built = document.build() if isinstance(document, SpaceDocument) else document
+                built = apply_overrides(built, trials=trials, concurrent=concurrent, epochs=epochs, sampler=sampler,
+                                        seed=seed, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                                        data_root=data_root, early_stopping=early_stopping, confirm=confirm,
+                                        plugins=plugins)
+                _check_data(built)
+                return built
 
-    import optuna
-    import ray
+        import optuna
+        import ray
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started_ray = not ray.is_initialized()
-    if resume is not None and (run_dir / RAY_SESSIONS_FILE).is_file():
-        from ..cluster import stop_orphans
-        for session_dir in (run_dir / RAY_SESSIONS_FILE).read_text().split():
-            ended = stop_orphans(session_dir)
-            if ended:
-                print(f"ended {len(ended)} Ray process(es) left running by the killed search "
-                      f"(PIDs {', '.join(map(str, ended))})", file=sys.stderr)
-    if not started_ray:
-        space = prepare()
-    else:
-        space, session_dir = _prepare_while_ray_starts(
-            prepare, lambda: init_ray(address, verbose, num_cpus, allow_unauthenticated_cluster))
-        if session_dir:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / RAY_SESSIONS_FILE, "a") as handle:
-                handle.write(session_dir + "\n")
-    try:
-        check_resources(trial_resources(space), ray.cluster_resources())
-        return _run(space, run_dir, resume is not None, verbose)
-    except KeyboardInterrupt:
-        # Tune usually ends fit() itself on Ctrl+C (then _run says so); a second Ctrl+C lands here.
-        print(f"\ninterrupted after {len(read_trials(run_dir))} of {space.search['trials']} trials; "
-              f"continue with nas-attn search --resume {run_dir}", file=sys.stderr)
-        raise
-    finally:
-        if started_ray:
-            ray.shutdown()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        started_ray = not ray.is_initialized()
+        if resume is not None and (run_dir / RAY_SESSIONS_FILE).is_file():
+            from ..cluster import stop_orphans
+            for session_dir in (run_dir / RAY_SESSIONS_FILE).read_text().split():
+                ended = stop_orphans(session_dir)
+                if ended:
+                    print(f"ended {len(ended)} Ray process(es) left running by the killed search "
+                          f"(PIDs {', '.join(map(str, ended))})", file=sys.stderr)
+        session_dir = None
+        if not started_ray:
+            space = prepare()
+        else:
+            space, session_dir = _prepare_while_ray_starts(
+                prepare, lambda: init_ray(address, verbose, num_cpus, allow_unauthenticated_cluster))
+        try:
+            check_resources(trial_resources(space), ray.cluster_resources())  # before the folder is made
+            if resume is None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    claimed = claim_results_folder(run_dir)
+                except ResultsError as exc:  # another search took the new folder first
+                    raise SearchError(f"--out {exc}") from None
+                if claimed is not None:
+                    held.callback(claimed.close)
+            if started_ray and session_dir:
+                with open(run_dir / RAY_SESSIONS_FILE, "a") as handle:
+                    handle.write(session_dir + "\n")
+            return _run(space, run_dir, resume is not None, verbose)
+        except KeyboardInterrupt:
+            # Tune usually ends fit() itself on Ctrl+C (then _run says so); a second Ctrl+C lands here.
+            print(f"\ninterrupted after {len(read_trials(run_dir))} of {space.search['trials']} trials; "
+                  f"continue with nas-attn search --resume {run_dir}", file=sys.stderr)
+            raise
+        finally:
+            if started_ray:
+                ray.shutdown()
 
 
 def _prepare_while_ray_starts(prepare: Callable[[], SearchSpace], start_ray: Callable[[], Optional[str]]):
