@@ -127,3 +127,11 @@ def test_the_program_freezes_the_collector_before_it_exits_and_main_leaves_it_al
     from importlib.metadata import entry_points
     (program,) = [e for e in entry_points(group="console_scripts") if e.name == "nas-attn"]
     assert program.value == "nas_attn.cli:console_main"
+
+
+def test_the_search_driver_imports_neither_torch_nor_timm_until_it_needs_them():
+    # nas_attn.search.run imports torch and timm in the thread that checks the space while the
+    # main thread starts Ray (README, "When `nas-attn search` checks what"); a module-level
+    # import of either in the search package would put them back in front of Ray's start.
+    loaded = _loaded_after("import nas_attn.search\nfrom nas_attn.search import run")
+    assert not loaded & {"torch", "timm", "torchvision"}, loaded & {"torch", "timm", "torchvision"}
