@@ -528,3 +528,59 @@ def test_cluttered_rendering_places_the_digit_inside_and_fragments_dimmer():
     dim = render_cluttered(square, np.array([1]), np.ones((1, 0), dtype=int), rng, canvas=32,
                            digit_size=(8.0, 8.0))
     assert float(dim.float().max()) == 255.0
+
+
+# check(): what load() would raise, with less work where it can
+
+CHECK_CASES = [
+    ({"dataset": "cluttered_digits"}, None),
+    ({"dataset": "digits", "val_fraction": 0.3, "seed": 2}, None),
+    ({"dataset": "cluttered_digits", "image_size": 0}, ValueError),
+    ({"dataset": "cluttered_digits", "image_size": True}, ValueError),
+    ({"dataset": "cluttered_digits", "val_fraction": 1.0}, ValueError),
+    ({"dataset": "cluttered_digits", "seed": -1}, ValueError),
+    ({"dataset": "cluttered_digits", "augment": "yes"}, ValueError),
+    ({"dataset": "digits", "val_fraction": 0.0}, ValueError),
+    ({"dataset": "mnist"}, ValueError),
+    ({"dataset": "cifar10", "root": "MISSING"}, DataError),
+    ({"dataset": "cifar10"}, ValueError),  # no root
+]
+
+
+@pytest.mark.parametrize("kwargs, error", CHECK_CASES)
+def test_check_raises_exactly_what_load_raises(kwargs, error, tmp_path):
+    kwargs = {k: (str(tmp_path / "nowhere") if v == "MISSING" else v) for k, v in kwargs.items()}
+    outcomes = []
+    for function in (D.check, D.load):
+        try:
+            function(**kwargs)
+            outcomes.append(None)
+        except Exception as exc:  # noqa: BLE001  (compared below, type and message)
+            outcomes.append((type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0] and outcomes[0][0]) == error
+
+
+def test_check_reads_real_cifar_files_and_names_a_broken_one(tmp_path):
+    write_cifar10(tmp_path)
+    assert D.check("cifar10", root=tmp_path) is None
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="data_batch_2"):
+        D.check("cifar10", root=tmp_path)
+
+
+def test_check_of_cluttered_digits_reads_the_digits_but_renders_nothing(monkeypatch):
+    # The images are a fixed function of scikit-learn's digits file; rendering them (what a
+    # search's data check did, 0.5-0.7 s) proves nothing the file's reading does not.
+    import nas_attn.data as data_module
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("check() rendered the cluttered digits")
+
+    monkeypatch.setattr(data_module, "cluttered_digits", no_rendering)
+    monkeypatch.setattr(data_module, "render_cluttered", no_rendering)
+    read = []
+    digits_tensors = data_module._digits_tensors
+    monkeypatch.setattr(data_module, "_digits_tensors", lambda: read.append(1) or digits_tensors())
+    assert D.check("cluttered_digits", image_size=32) is None
+    assert read == [1]

@@ -57,10 +57,11 @@ def _check_address(address: Optional[str]) -> None:
 
 def _check_data(space: SearchSpace) -> None:
     """Fail before any trial if the dataset cannot be read (missing folder, wrong files)."""
-    from ..data import DataError
-    from ..trial import get_data
+    from ..data import DataError, check
+    data = space.data
     try:
-        get_data(space.data, space.search["seed"])
+        check(data["dataset"], root=data.get("root"), image_size=data["image_size"],
+              val_fraction=data["val_fraction"], seed=space.search["seed"], augment=data.get("augment", True))
     except DataError as exc:
         raise SearchError(str(exc)) from None
 
