@@ -229,8 +229,9 @@ def _prepare_while_ray_starts(prepare: Callable[[], SearchSpace], start_ray: Cal
     Both take seconds and share little: ``prepare`` is the space's second check, which imports
     torch and timm (3-5 s of one core), then reads the data; Ray's start is mostly its own
     processes coming up on the other core (2-3 s). Overlapped, a search reaches its first trial
-    about 2 s sooner. A mistake ``prepare`` finds is the user's input and is raised first,
-    after the Ray started for it is stopped, so nothing is left running.
+    1.5-2 s sooner (measured idle, BENCHMARKS.md). A mistake ``prepare`` finds is the user's
+    input and is raised first, after the Ray started for it is stopped, so nothing is left
+    running.
     """
     import ray
     from concurrent.futures import ThreadPoolExecutor
