@@ -8,7 +8,7 @@ import math
 from typing import Any, Dict, List, Optional
 
 from ..results import PickledState, read_trials, trial_status
-from ..samplers import sampler_settings
+from ..samplers import sampler_class, sampler_settings
 from ..space import SearchSpace
 from ._base import SearchError
 
@@ -30,16 +30,13 @@ def make_sampler(name: str, seed: int, trials: int = 16, population: Optional[in
     """The Optuna sampler ``search.sampler`` names, seeded and sized to a budget of ``trials``
     (:mod:`nas_attn.samplers` states the rule; ``population``/``startup_trials`` override it;
     ``options`` are further constructor arguments, ``search.sampler_options``)."""
-    import optuna
-    constraints = {} if _has_set_constraint() else {"constraints_func": constraint_values}
-    sized = sampler_settings(name, trials, population, startup_trials, options)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **sized, **constraints)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, **sized, **constraints)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed, **sized)
-    raise SearchError(f"--sampler must be tpe, nsga2 or random, got {name!r}")
+    try:
+        cls = sampler_class(name)
+    except KeyError:
+        raise SearchError(f"--sampler must be tpe, nsga2 or random, got {name!r}") from None
+    # Random sampling has no use for constraints; Optuna 5 reads them from the trial instead.
+    constraints = {} if name == "random" or _has_set_constraint() else {"constraints_func": constraint_values}
+    return cls(seed=seed, **sampler_settings(name, trials, population, startup_trials, options), **constraints)
 
 
 def _measured_or_worst(value, objective: Dict[str, Any]) -> float:
@@ -121,15 +118,18 @@ def searcher_class():
                            if tid not in self._completed and t.number not in recorded]
                 if len(recorded) + len(running) >= self._budget:
                     return Searcher.FINISHED
-                self._asked[trial_id] = self._ask_unseen()
-            ot_trial = self._asked[trial_id]
-            arch = self._space(ot_trial)["arch"]
-            ot_trial.set_user_attr("arch", arch)
+                ot_trial, arch = self._ask_unseen()
+                self._asked[trial_id] = ot_trial
+            else:  # asked before: the same draws again
+                ot_trial = self._asked[trial_id]
+                arch = self._space(ot_trial)["arch"]
+                ot_trial.set_user_attr("arch", arch)
             return {"arch": arch, "trial_number": ot_trial.number}
 
         def _ask_unseen(self):
-            """A new study trial whose Arch no trained or running trial has, asked for again
-            while the sampler repeats one (at most ``max_repeat_proposals`` times in a row).
+            """``(trial, arch)``: a new study trial, with its Arch, that no trained or running trial
+            has, asked for again while the sampler repeats one (at most ``max_repeat_proposals``
+            times in a row).
 
             A trial's result is a function of (Arch, seed) and every trial of a search has the
             same seed, so a repeat would train the same model again. A repeat of a finished
@@ -144,7 +144,7 @@ def searcher_class():
                 ot_trial.set_user_attr("arch", arch)
                 earlier = self._trained_or_running(arch, ot_trial.number)
                 if earlier is None:
-                    return ot_trial
+                    return ot_trial, arch
                 # getattr: a searcher pickled before the cap existed comes back without it (--resume).
                 if proposals > getattr(self, "_max_repeat_proposals", MAX_REPEAT_PROPOSALS):
                     # Every architecture the sampler favours is trained or running (a space with
@@ -152,7 +152,7 @@ def searcher_class():
                     logging.getLogger(__name__).warning(
                         "the sampler proposed trained or running architectures %d times in a row; trial %d "
                         "trains the architecture of trial %d again", proposals, ot_trial.number, earlier.number)
-                    return ot_trial
+                    return ot_trial, arch
                 self._answer_repeat(ot_trial, earlier)
 
         def _trained_or_running(self, arch, number: int):
